@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up .venv and run the whole demo workflow on CPU: synthetic data -> tiny model -> SFT/GRPO -> tables.
+# Extra arguments go to snakemake (e.g. --forceall, -n).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/snakemake --profile profiles/default --configfile config/demo.yaml "$@"
+echo "tables: results/tables/ (summary: results/tables/summary.md)"

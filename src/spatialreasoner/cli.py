@@ -1,0 +1,61 @@
+"""The ``spatialreasoner`` command: one subcommand per workflow stage.
+
+Subcommand modules are imported lazily so that ``--help`` and light stages do not pay for torch imports.
+Each module defines ``configure_parser(parser)`` and ``run(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from spatialreasoner.errors import SpatialReasonerError
+from spatialreasoner.utils import redact, setup_logging
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "validate-config": ("spatialreasoner.config", "validate a config file against the schema and print it resolved"),
+    "build-tiny-model": ("spatialreasoner.tiny_model", "build the tiny randomly initialised Qwen2.5-VL"),
+    "synthesize": ("spatialreasoner.synth.generate", "generate the SynthSpatial dataset in the real file formats"),
+    "fetch": ("spatialreasoner.data.fetch", "download one file by URL, verified by sha256"),
+    "snapshot": ("spatialreasoner.data.snapshot", "download a Hugging Face Hub repository at a pinned revision"),
+    "extract": ("spatialreasoner.data.extract", "extract an image tar safely"),
+    "canonicalize": ("spatialreasoner.data.canonical", "convert annotations into a canonical training table"),
+    "prepare-benchmark": ("spatialreasoner.data.benchmarks", "validate a VLMEvalKit benchmark TSV"),
+    "train": ("spatialreasoner.train.main", "run one SFT or GRPO training run"),
+    "infer": ("spatialreasoner.evaluate.infer", "generate predictions of a model on a benchmark"),
+    "score": ("spatialreasoner.evaluate.score", "score predictions with VLMEvalKit's option matcher"),
+    "tables": ("spatialreasoner.evaluate.tables", "write the paper's tables from scores"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spatialreasoner", description=__doc__.splitlines()[0])
+    parser.add_argument("--log", default=None, help="also append log lines to this file")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            importlib.import_module(module_name).configure_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in SUBCOMMANDS), None)
+    parser = build_parser(only=command)
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        result = module.run(args)
+    except SpatialReasonerError as exc:
+        logging.getLogger("spatialreasoner").error("%s: %s", args.command, redact(str(exc)))
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
