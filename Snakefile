@@ -4,7 +4,6 @@ Run `snakemake --cores all --configfile config/demo.yaml` for the CPU demo, or `
 paper's reproduction on a cluster. The configuration is documented in config/README.md.
 """
 
-
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -24,6 +23,6 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_tables(),
-    default_target: True

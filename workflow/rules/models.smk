@@ -4,8 +4,18 @@
 rule build_tiny_model:
     output:
         directory("resources/models/{model}"),
+    log:
+        "logs/build_tiny_model/{model}.log",
+    benchmark:
+        "benchmarks/build_tiny_model/{model}.tsv"
     wildcard_constraints:
         model=alternatives(TINY_MODELS),
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         seed=lambda w: config["released"][w.model]["tiny"].get("seed", 0),
         pixels=lambda w: " ".join(
@@ -13,16 +23,6 @@ rule build_tiny_model:
             for key, value in config["released"][w.model]["tiny"].items()
             if key in ("min_pixels", "max_pixels")
         ),
-    log:
-        "logs/build_tiny_model/{model}.log",
-    benchmark:
-        "benchmarks/build_tiny_model/{model}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/train.yaml"
     shell:
         "spatialreasoner --log {log} build-tiny-model --out {output} --seed {params.seed} {params.pixels}"
 
@@ -30,21 +30,21 @@ rule build_tiny_model:
 rule snapshot_model:
     output:
         directory("resources/models/{model}"),
-    wildcard_constraints:
-        model=alternatives(HUB_MODELS),
-    params:
-        repo=lambda w: config["released"][w.model]["repo"],
-        revision=lambda w: config["released"][w.model].get("revision", "main"),
     log:
         "logs/snapshot_model/{model}.log",
     benchmark:
         "benchmarks/snapshot_model/{model}.tsv"
+    wildcard_constraints:
+        model=alternatives(HUB_MODELS),
+    conda:
+        "../../envs/data.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=240,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        repo=lambda w: config["released"][w.model]["repo"],
+        revision=lambda w: config["released"][w.model].get("revision", "main"),
     shell:
         "spatialreasoner --log {log} snapshot --repo {params.repo:q} --revision {params.revision:q}"
         " --repo-type model --out {output}"
