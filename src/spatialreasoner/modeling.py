@@ -37,12 +37,16 @@ def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: 
     from transformers import AutoProcessor
 
     path = check_model_dir(path)
-    kwargs = {}
-    if min_pixels is not None:
-        kwargs["min_pixels"] = min_pixels
-    if max_pixels is not None:
-        kwargs["max_pixels"] = max_pixels
-    return AutoProcessor.from_pretrained(path, **kwargs)
+    processor = AutoProcessor.from_pretrained(path)
+    if min_pixels is not None or max_pixels is not None:
+        # transformers 5 expresses Qwen2-VL's pixel limits as size={shortest_edge: min, longest_edge: max}.
+        size = dict(processor.image_processor.size)
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        processor = AutoProcessor.from_pretrained(path, size=size)
+    return processor
 
 
 def load_model(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa", **kwargs):

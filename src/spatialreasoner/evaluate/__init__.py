@@ -1,0 +1,1 @@
+"""Evaluation: batched inference on benchmarks, VLMEvalKit-exact scoring and the paper's tables."""
