@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/snakemake --profile profiles/default --configfile config/demo.yaml "$@"
+.venv/bin/snakemake --configfile config/demo.yaml "$@"
 echo "tables: results/tables/ (summary: results/tables/summary.md)"

@@ -1,0 +1,140 @@
+"""GRPO on the canonical RL table with TRL's GRPOTrainer: system prompt + image + question, configured rewards.
+
+Every table column reaches the rewards as a keyword argument (``answer``, ``A``-``D``, ``category``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from spatialreasoner.errors import ConfigError, DataError
+from spatialreasoner.prompts import format_question, present_options
+from spatialreasoner.train.common import image_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INSTRUCTION = "Please select the correct answer from the options above."
+
+#: Columns each built-in reward reads; checked against the table before training starts.
+REWARD_COLUMNS = {"accuracy": ("answer",), "process": ("category",)}
+
+
+def question_text(row: Mapping, instruction: str | None = None) -> str:
+    """The user text of the official prompt; ``instruction`` replaces its last line (an ablation's wording)."""
+    text = format_question(row["question"], present_options(row))
+    if instruction:
+        text = text.removesuffix(DEFAULT_INSTRUCTION) + instruction
+    return text
+
+
+def grpo_prompt(row: Mapping, system: str | None, instruction: str | None = None) -> list[dict]:
+    """Chat messages of one prompt; TRL inserts the row's image before the user text, as the official prompt has it."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": question_text(row, instruction)})
+    return messages
+
+
+def prompt_texts(cfg: Mapping, prompts: Mapping) -> tuple[str | None, str | None]:
+    """The system prompt and the instruction override named by the run (keys of the config's ``prompts``)."""
+    out = []
+    for key in ("system_prompt", "instruction"):
+        name = cfg.get(key)
+        if name is None:
+            out.append(None)
+        elif name not in prompts:
+            raise ConfigError(f"runs.<run>.{key} names prompts.{name}, which is not in the config's prompts")
+        else:
+            out.append(str(prompts[name]))
+    return out[0], out[1]
+
+
+def build_grpo_dataset(table: str | Path, system: str | None, instruction: str | None, rewards=()):
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+
+    from spatialreasoner.train.common import read_table
+
+    table = Path(table)
+    needed = {"question", "image"} | {c for r in rewards for c in REWARD_COLUMNS.get(r, ())}
+    df = read_table(table, required=tuple(sorted(needed)))
+    records = df.to_dict("records")
+    for row in records:
+        # Missing cells are NaN floats in pandas; Arrow needs one type per column (e.g. an absent option D).
+        for key, value in row.items():
+            if isinstance(value, float) and math.isnan(value):
+                row[key] = None
+        row["image"] = image_path(row, table)
+        row["prompt"] = grpo_prompt(row, system, instruction)
+    dataset = Dataset.from_list(records)
+    # Decoded lazily, row by row; the processor applies the run's pixel limits.
+    dataset = dataset.cast_column("image", ImageFeature())
+    log.info("RL table %s: %d prompts", table, len(dataset))
+    return dataset
+
+
+def build_trainer(
+    cfg: Mapping,
+    args_kwargs: dict,
+    init: Path,
+    table: Path,
+    processor,
+    callbacks,
+    prompts: Mapping,
+    num_processes: int,
+):
+    from trl import GRPOConfig, GRPOTrainer
+
+    from spatialreasoner.modeling import load_model, resolve_attn_implementation
+    from spatialreasoner.train.common import model_dtype
+    from spatialreasoner.train.rewards import resolve_rewards
+
+    reward_funcs = resolve_rewards(cfg["rewards"])
+    completions_per_step = cfg["per_device_train_batch_size"] * num_processes * cfg["gradient_accumulation_steps"]
+    if completions_per_step % cfg["num_generations"]:
+        raise ConfigError(
+            f"runs.<run>: {completions_per_step} completions per step (per_device_train_batch_size x processes x "
+            f"gradient_accumulation_steps) is not a multiple of num_generations={cfg['num_generations']}"
+        )
+    vllm = cfg["vllm"]
+    grpo_kwargs = {
+        "num_generations": int(cfg["num_generations"]),
+        "max_completion_length": int(cfg["max_completion_length"]),
+        "beta": float(cfg["beta"]),
+        "temperature": float(cfg["temperature"]),
+        "loss_type": cfg["loss_type"],
+        "scale_rewards": cfg["scale_rewards"],
+        "reward_weights": cfg["reward_weights"],
+        "remove_unused_columns": False,  # the rewards need the answer, options and category columns
+        "log_completions": bool(cfg["log_completions"]),
+        "use_vllm": vllm["mode"] is not None,
+    }
+    if vllm["mode"] is not None:
+        if vllm["mode"] not in ("colocate", "server"):
+            raise ConfigError(f"runs.<run>.vllm.mode must be colocate, server or null, got {vllm['mode']!r}")
+        grpo_kwargs["vllm_mode"] = vllm["mode"]
+        grpo_kwargs["vllm_gpu_memory_utilization"] = float(vllm["gpu_memory_utilization"])
+    args = GRPOConfig(**{**grpo_kwargs, **args_kwargs})
+    system, instruction = prompt_texts(cfg, prompts)
+    dataset = build_grpo_dataset(table, system, instruction, rewards=cfg["rewards"])
+    if len(dataset) * cfg["num_generations"] < completions_per_step:
+        raise DataError(
+            f"{table}: {len(dataset)} prompts cannot fill one step of {completions_per_step // cfg['num_generations']}"
+            " prompts"
+        )
+    model = load_model(
+        init, dtype=model_dtype(cfg), attn_implementation=resolve_attn_implementation(cfg["attn_implementation"])
+    )
+    # GRPOTrainer left-pads prompts; the processor must pad the same side, or its multimodal token types (which
+    # place the image tokens for Qwen2.5-VL's 3D positions) are shifted against the ids of shorter prompts.
+    processor.tokenizer.padding_side = "left"
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=callbacks,
+    )

@@ -1,0 +1,217 @@
+"""``spatialreasoner train``: one SFT or GRPO run from a model folder and a canonical table to a final model folder.
+
+Checkpoints go to the working folder (resumed automatically on a rerun); the final model is written last, atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from spatialreasoner.errors import ConfigError, SpatialReasonerError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(SpatialReasonerError):
+    """Training stopped on a signal after saving a checkpoint; rerunning the job resumes from it."""
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-name", required=True, help="name of the run (a key of the config's runs)")
+    parser.add_argument("--run-config", required=True, help="the run's config as JSON (config runs.<run>)")
+    parser.add_argument("--init", required=True, type=Path, help="model folder to start from")
+    parser.add_argument("--data", required=True, type=Path, help="canonical training table (parquet)")
+    parser.add_argument("--workdir", required=True, type=Path, help="trainer working folder (checkpoint-N)")
+    parser.add_argument("--out", required=True, type=Path, help="final model folder, written last and atomically")
+    parser.add_argument("--prompts", default="{}", help="the config's prompts as JSON")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--min-pixels", type=int, default=None)
+    parser.add_argument("--max-pixels", type=int, default=None)
+
+
+def _json_arg(text: str, what: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def table_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    from spatialreasoner.errors import DataError
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError) as exc:
+        raise DataError(f"training table {path} is not a readable parquet file: {exc}") from exc
+
+
+def last_checkpoint(workdir: Path) -> Path | None:
+    """The checkpoint with the highest step in ``workdir`` that has a complete trainer state, or None."""
+    if not workdir.is_dir():
+        return None
+    found = []
+    for d in workdir.glob("checkpoint-*"):
+        suffix = d.name.removeprefix("checkpoint-")
+        if d.is_dir() and suffix.isdigit() and (d / "trainer_state.json").is_file():
+            found.append((int(suffix), d))
+    return max(found)[1] if found else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+
+
+def _check_same_config(workdir: Path, cfg: Mapping, resume: Path | None, main_process: bool) -> None:
+    """Record the run config in the working folder; warn when a checkpoint to resume was made with another one."""
+    from spatialreasoner.utils import write_json_atomic
+
+    record = workdir / "run_config.json"
+    comparable = json.loads(json.dumps({k: v for k, v in cfg.items() if k != "resources"}, default=str))
+    if resume is not None and record.is_file():
+        before = json.loads(record.read_text())
+        changed = sorted(k for k in set(before) | set(comparable) if before.get(k) != comparable.get(k))
+        if changed:
+            log.warning("resuming %s although the run config changed since it was saved: %s", resume, changed)
+    if main_process:
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, comparable)
+
+
+def train(
+    run_name: str,
+    run_cfg: Mapping,
+    init: Path,
+    data: Path,
+    workdir: Path,
+    out: Path,
+    prompts: Mapping | None = None,
+    seed: int = 42,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    extra_callbacks=(),
+) -> Path:
+    """Train (or resume) one run and write its final model folder; returns ``out``."""
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    from spatialreasoner.modeling import check_model_dir, load_processor
+    from spatialreasoner.train import grpo, sft
+    from spatialreasoner.train.callbacks import SignalCheckpointCallback, StopAtStepCallback
+    from spatialreasoner.train.common import export_final_model, resolve_run_config, run_record, training_kwargs
+    from spatialreasoner.train.schedule import full_schedule_steps, warmup_steps
+
+    cfg = resolve_run_config(run_cfg)
+    check_model_dir(init)
+    workdir, out = Path(workdir), Path(out)
+    state = PartialState()
+    num_processes = state.num_processes
+    rows = table_rows(data)
+    generations = cfg["num_generations"] if cfg["stage"] == "grpo" else 1
+    total = full_schedule_steps(
+        rows,
+        cfg["per_device_train_batch_size"],
+        num_processes,
+        cfg["num_train_epochs"],
+        cfg["gradient_accumulation_steps"],
+        generations,
+    )
+    stop = int(cfg["stop_steps"] or total)
+    if stop > total:
+        log.warning("stop_steps=%d exceeds the full schedule (%d steps); training ends at %d", stop, total, total)
+        stop = total
+    log.info(
+        "run %s (%s): %d rows, %d process(es); full schedule %d steps over %s epochs (warmup %d), stopping at %d",
+        run_name,
+        cfg["stage"],
+        rows,
+        num_processes,
+        total,
+        cfg["num_train_epochs"],
+        warmup_steps(total, cfg["warmup_ratio"]),
+        stop,
+    )
+    if cfg["stage"] == "grpo" and cfg.get("max_prompt_length"):
+        # TRL's GRPOTrainer no longer truncates prompts (truncation would cut image tokens); recorded for the record.
+        log.info("max_prompt_length=%s is recorded, not enforced", cfg["max_prompt_length"])
+    record = run_record(
+        run_name,
+        cfg,
+        seed,
+        init,
+        data,
+        {"full_schedule_steps": total, "stop_steps": stop, "num_processes": num_processes, "rows": rows},
+    )
+
+    resume = last_checkpoint(workdir)
+    _check_same_config(workdir, cfg, resume, state.is_main_process)
+    if resume is not None and checkpoint_step(resume) >= stop:
+        log.info("%s already reached step %d; writing the final model from it", resume, stop)
+        if state.is_main_process:
+            export_final_model(resume, out, record)
+        state.wait_for_everyone()
+        return out
+
+    set_seed(seed)
+    processor = load_processor(init, min_pixels=min_pixels, max_pixels=max_pixels)
+    signal_cb = SignalCheckpointCallback().install()
+    try:
+        callbacks = [StopAtStepCallback(stop), signal_cb, *extra_callbacks]
+        kwargs = training_kwargs(cfg, workdir, total, seed, run_name)
+        if cfg["stage"] == "sft":
+            trainer = sft.build_trainer(cfg, kwargs, init, data, processor, callbacks)
+            trainer.data_collator.chat_template = trainer.chat_template
+        else:
+            trainer = grpo.build_trainer(cfg, kwargs, init, data, processor, callbacks, prompts or {}, num_processes)
+        if resume is not None:
+            log.info("resuming from %s (step %d)", resume, checkpoint_step(resume))
+        started = time.time()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        log.info("training stopped at step %d after %.1f s", trainer.state.global_step, time.time() - started)
+    finally:
+        signal_cb.uninstall()
+    if signal_cb.received is not None:
+        raise TrainingInterrupted(
+            f"run {run_name} stopped by a signal at step {trainer.state.global_step}; checkpoint saved in {workdir}; "
+            "rerun to resume"
+        )
+    final = workdir / f"checkpoint-{trainer.state.global_step}"
+    if trainer.state.global_step < stop or not final.is_dir():
+        raise SpatialReasonerError(
+            f"run {run_name} ended at step {trainer.state.global_step} without reaching stop_steps={stop} "
+            f"(checkpoint {final} {'exists' if final.is_dir() else 'missing'})"
+        )
+    if trainer.accelerator.is_main_process:
+        export_final_model(final, out, record)
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_info()
+    run_cfg = _json_arg(args.run_config, "--run-config")
+    prompts = _json_arg(args.prompts, "--prompts")
+    train(
+        args.run_name,
+        run_cfg,
+        args.init,
+        args.data,
+        args.workdir,
+        args.out,
+        prompts=prompts,
+        seed=args.seed,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+    )
+    return 0

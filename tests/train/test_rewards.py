@@ -1,0 +1,173 @@
+"""Rewards on hand-written completions, including the official reward module's bug cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from spatialreasoner.errors import ConfigError
+from spatialreasoner.train import rewards as R
+
+
+def msg(text):
+    """A completion as TRL passes it for conversational prompts."""
+    return [{"role": "assistant", "content": text}]
+
+
+# --- format ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<think>a</think><answer>B</answer>", 1.0),
+        ("<think>line 1\nline 2</think>\n  <answer>\nB\n</answer>", 1.0),
+        ("<think></think><answer></answer>", 1.0),
+        ("<answer>B</answer>", 0.0),
+        ("<think>a</think>", 0.0),
+        (" <think>a</think><answer>B</answer>", 0.0),
+        ("<think>a</think> text <answer>B</answer>", 0.0),
+        # The official MULTILINE `$` accepted text after the answer on a later line; the whole completion must match.
+        ("<think>a</think><answer>B</answer>\nmore text", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_format_reward(text, expected):
+    assert R.format_reward([msg(text)]) == [expected]
+
+
+def test_format_reward_accepts_plain_strings_and_odd_inputs():
+    assert R.format_reward(["<think>x</think><answer>A</answer>", None, 42, [], msg(None)]) == [1.0, 0, 0, 0, 0]
+
+
+# --- accuracy -------------------------------------------------------------------------------------------------------
+
+OPTS = {"A": ["left", "left"], "B": ["right", "right"], "C": [None, None], "D": [float("nan"), float("nan")]}
+
+
+def accuracy(texts, answers, **options):
+    cols = options or {k: v[: len(texts)] for k, v in OPTS.items()}
+    return R.accuracy_reward([msg(t) for t in texts], answer=answers, **cols)
+
+
+def test_accuracy_letter_in_answer_tag():
+    assert accuracy(["<think>x</think><answer>B</answer>"], ["B"]) == [1.0]
+    assert accuracy(["<think>x</think><answer>A</answer>"], ["B"]) == [0.0]
+
+
+def test_accuracy_uses_first_answer_tag_and_whole_text_without_tag():
+    assert accuracy(["<answer>A</answer><answer>B</answer>"], ["A"]) == [1.0]
+    assert accuracy(["The answer is B."], ["B"]) == [1.0]
+
+
+def test_accuracy_text_match_and_no_match():
+    assert accuracy(["<answer>it is on the right</answer>"], ["B"]) == [1.0]
+    assert accuracy(["<answer>A or B</answer>"], ["A"]) == [0.0]  # two letters: no letter; no text either
+    assert accuracy(["<answer>Cannot determine the answer</answer>"], ["A"]) == [0.0]
+
+
+def test_accuracy_single_matcher_keeps_a_among_many_tokens():
+    # The official reward's older matcher refused "A" among more than three tokens; the evaluation's matcher (and
+    # so this reward) accepts it, keeping reward and reported accuracy consistent.
+    assert accuracy(["<answer>A is the correct option</answer>"], ["A"]) == [1.0]
+
+
+def test_accuracy_identical_options_always_right():
+    cols = {"A": ["same", "same"], "B": ["same", "same"]}
+    assert R.accuracy_reward([msg("<answer>B</answer>"), msg("nonsense")], answer=["A", "A"], **cols) == [1.0, 1.0]
+
+
+def test_accuracy_option_naming_another_option_scores_only_that_completion_zero():
+    # Official bug: `return 0.0` for the whole batch. Here the ambiguous completion scores 0, the others normally.
+    texts = ["<answer>A. left, not right</answer>", "<answer>A</answer>", "<answer>B. right</answer>"]
+    answers = ["A", "A", "B"]
+    cols = {k: [v[0]] * 3 for k, v in OPTS.items()}
+    assert R.accuracy_reward([msg(t) for t in texts], answer=answers, **cols) == [0.0, 1.0, 1.0]
+
+
+def test_accuracy_never_raises():
+    out = R.accuracy_reward([msg(None), None, msg("<answer>"), msg("<answer>B</answer>")], answer=["A", None, "A"])
+    assert out == [0.0, 0.0, 0.0, 0.0]
+
+
+# --- reasoning steps ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("no steps here", 0.0),
+        ("Step 1: look.", 1 / 3),
+        ("Step 1: a\nStep 2: b", 2 / 3),
+        ("First, a. Next, b. Finally, c. Therefore, d.", 1.0),
+        ("1. a\n2. b", 2 / 3),  # every numbered line counts, not only one at the very start
+        ("intro\n- a\n* b\n", 2 / 3),
+    ],
+)
+def test_reasoning_steps(text, expected):
+    assert R.reasoning_steps_reward([msg(text)]) == [pytest.approx(expected)]
+
+
+# --- process --------------------------------------------------------------------------------------------------------
+
+LOC = "The 3D location of the {} is ({}.0, 1.25, -3.5)."
+
+
+def test_process_perfect_and_empty_for_location_closer_to_camera():
+    cot = " ".join(
+        [
+            LOC.format("red cube", 1),
+            LOC.format("blue cone", 2),
+            "The distance from the red cube to the camera is 3.1.",
+            "The distance from the blue cone to the camera is 4.2.",
+        ]
+    )
+    assert R.process_reward([msg(cot)], category=["location_closer_to_camera"]) == [1.0]
+    # Nothing found: TP=0, FN=4 (2 locations + 2 camera distances), FP=0, TN=5 kinds not required.
+    assert R.process_reward([msg("B")], category=["location_closer_to_camera"]) == [pytest.approx(5 / 9)]
+
+
+def test_process_counts_missing_and_extra_phrases():
+    # height_higher needs 2 locations. Found: 3 locations (1 extra) and 1 vector (not required).
+    cot = "\n".join(LOC.format(n, i) for i, n in enumerate(["a", "b", "c"])) + "\nvector from a to b is (1.0, 2.0, 3.0)"
+    c = R.process_confusion(R.count_phrases(cot), R.REQUIRED["height_higher"])
+    assert c == {"tp": 2, "fn": 0, "fp": 2, "tn": 5}
+    assert R.process_reward([msg(cot)], category=["height_higher"]) == [pytest.approx(7 / 9)]
+
+
+def test_process_cosine_or_angle_is_one_interchangeable_kind():
+    # multi_object_parallel: 2 front directions + 1 cosine-or-angle. A cosine with its angle counts once.
+    cot = (
+        "The front direction of the car is (0.0, 0.0, 1.0).\n"
+        "The front direction of the bus is (0.0, 0.1, 0.99).\n"
+        "The cosine similarity between the two front directions is 0.99, so the angle between them is 8 degrees."
+    )
+    assert R.count_phrases(cot)["cos_or_angle"] == 1
+    assert R.process_reward([msg(cot)], category=["multi_object_parallel"]) == [1.0]
+    angle_only = cot.replace("The cosine similarity between the two front directions is 0.99, so the", "The")
+    assert R.process_reward([msg(angle_only)], category=["multi_object_parallel"]) == [1.0]
+
+
+def test_process_required_table_matches_the_official_multisets():
+    assert R.REQUIRED["orientation_in_front_of"] == {"location": 2, "vector": 1, "front": 1, "cos_or_angle": 1}
+    assert R.REQUIRED["multi_object_facing"] == {"location": 3, "front": 1, "vector": 2, "cos_or_angle": 2}
+    assert len(R.REQUIRED) == 12
+    assert set().union(*R.REQUIRED.values()) == set(R.KINDS)
+
+
+def test_process_unknown_category_and_odd_input_score_zero():
+    assert R.process_reward([msg(LOC.format("a", 1)), None], category=["Depth", None]) == [0.0, 0.0]
+    assert R.process_reward([msg("x")]) == [0.0]
+
+
+# --- registry -------------------------------------------------------------------------------------------------------
+
+
+def test_registry_and_module_function():
+    assert R.resolve_reward("format") is R.format_reward
+    assert R.resolve_reward("spatialreasoner.train.rewards:process_reward") is R.process_reward
+    with pytest.raises(ConfigError, match="unknown reward 'nope'"):
+        R.resolve_reward("nope")
+    with pytest.raises(ConfigError, match="cannot import"):
+        R.resolve_reward("spatialreasoner.train.rewards:missing")
+    with pytest.raises(ConfigError, match="at least one reward"):
+        R.resolve_rewards([])

@@ -1,0 +1,119 @@
+"""The full DAG resolves for both configurations, GPU jobs ask for their run's resources, and lint is clean."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(repo_root, *args, check=True):
+    proc = subprocess.run([*SNAKEMAKE, *args], cwd=repo_root, capture_output=True, text=True, timeout=600, env=_env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _env():
+    import os
+
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def parse_jobs(text: str) -> list[dict]:
+    """The job blocks of a dry run: rule name plus its `key: value` lines (output, wildcards, resources...)."""
+    jobs, current = [], None
+    for line in text.splitlines():
+        head = re.match(r"^(?:local)?rule (\S+):$", line.strip())
+        if head and not line.startswith(" "):
+            current = {"rule": head.group(1)}
+            jobs.append(current)
+            continue
+        if current is not None and line.startswith("    "):
+            key, _, value = line.strip().partition(": ")
+            current[key] = value
+        elif not line.strip():
+            current = None
+    return jobs
+
+
+def resources_of(job: dict) -> dict:
+    out = {}
+    for item in job.get("resources", "").split(", "):
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+@pytest.fixture(scope="module", params=["config/config.yaml", "config/demo.yaml"])
+def dry_run(request, repo_root):
+    configfile = request.param
+    proc = snakemake(repo_root, "-n", "--forceall", "--cores", "4", "--configfile", configfile)
+    config = yaml.safe_load((repo_root / configfile).read_text())
+    return configfile, config, parse_jobs(proc.stdout + proc.stderr)
+
+
+def test_every_run_and_every_model_x_benchmark_reaches_the_tables(dry_run):
+    configfile, config, jobs = dry_run
+    outputs = {o.strip() for job in jobs for o in job.get("output", "").split(", ") if o.strip()}
+    for run in config["runs"]:
+        assert f"results/models/{run}" in outputs, f"{configfile}: no job trains {run}"
+    for model in config["evaluate"]["models"]:
+        for bench in config["evaluate"]["benchmarks"]:
+            assert f"results/predictions/{model}/{bench}.parquet" in outputs, f"{configfile}: no {model} x {bench}"
+    for bench in config["evaluate"]["benchmarks"]:
+        assert f"results/tables/{bench}.csv" in outputs
+    assert "results/tables/summary.md" in outputs
+    for name in config["released"]:
+        assert f"resources/models/{name}" in outputs
+
+
+def test_gpu_jobs_ask_for_the_resources_of_their_run(dry_run):
+    configfile, config, jobs = dry_run
+    train_jobs = [j for j in jobs if any(f"results/models/{r}" == j.get("output") for r in config["runs"])]
+    assert len(train_jobs) == len(config["runs"])
+    for job in train_jobs:
+        run = job["output"].removeprefix("results/models/")
+        want = config["runs"][run]["resources"]
+        res = resources_of(job)
+        assert int(res["mem_mb"]) == want["mem_mb"], (configfile, run, res)
+        assert int(res["runtime"]) == want["runtime"], (configfile, run, res)
+        assert int(res.get("gpu", 0)) == want["gpus"], (configfile, run, res)
+    cpu_rules = {"fetch", "extract_images", "canonicalize", "prepare_benchmark", "score", "tables", "snapshot_model"}
+    for job in jobs:
+        if job["rule"] in cpu_rules:
+            assert int(resources_of(job).get("gpu", 0)) == 0, job
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/demo.yaml"])
+def test_lint_is_clean(repo_root, configfile):
+    proc = snakemake(repo_root, "--lint", "--configfile", configfile, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_snakemake_files_are_formatted(repo_root):
+    files = ["Snakefile", *sorted(str(p.relative_to(repo_root)) for p in (repo_root / "workflow/rules").glob("*.smk"))]
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "-l", "120", "--check", *files],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_python_is_formatted_and_lint_free(repo_root):
+    for args in (["format", "--check"], ["check"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ruff", *args, "src", "tests", "benchmarks"],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
