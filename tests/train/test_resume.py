@@ -112,3 +112,20 @@ def test_rerun_after_finishing_only_writes_the_final_model(tiny_model_dir, train
     )  # fmt: skip
     assert recorder.start_step is None  # no training at all: checkpoint-3 already reached stop_steps
     assert (again / "model.safetensors").read_bytes() == weights
+
+
+def test_a_changed_run_config_sets_old_checkpoints_aside(tiny_model_dir, train_tables, tmp_path):
+    cfg = {**FAST_SFT, "stop_steps": 3}
+    work, out = tmp_path / "work", tmp_path / "model"
+    train("changed", cfg, tiny_model_dir, train_tables["sft"], work, out, seed=0)
+    import shutil
+
+    shutil.rmtree(out)
+    recorder = RecordStart()
+    changed = {**cfg, "learning_rate": cfg["learning_rate"] / 2}
+    train("changed", changed, tiny_model_dir, train_tables["sft"], work, out, seed=0, extra_callbacks=[recorder])
+    assert recorder.start_step == 0  # trained afresh, not resumed from checkpoint-3 of the other config
+    stale = [p for p in tmp_path.iterdir() if p.name.startswith("work.stale-")]
+    assert len(stale) == 1 and (stale[0] / "checkpoint-3").is_dir()
+    assert json.loads((work / "run_config.json").read_text())["learning_rate"] == changed["learning_rate"]
+    assert read_state(out)["global_step"] == 3

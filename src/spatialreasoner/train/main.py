@@ -71,20 +71,32 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
 
 
-def _check_same_config(workdir: Path, cfg: Mapping, resume: Path | None, main_process: bool) -> None:
-    """Record the run config in the working folder; warn when a checkpoint to resume was made with another one."""
-    from spatialreasoner.utils import write_json_atomic
-
+def _config_changes(workdir: Path, comparable: Mapping) -> list[str]:
+    """Keys whose value differs from the run config recorded in the working folder (none when nothing recorded)."""
     record = workdir / "run_config.json"
-    comparable = json.loads(json.dumps({k: v for k, v in cfg.items() if k != "resources"}, default=str))
-    if resume is not None and record.is_file():
-        before = json.loads(record.read_text())
-        changed = sorted(k for k in set(before) | set(comparable) if before.get(k) != comparable.get(k))
-        if changed:
-            log.warning("resuming %s although the run config changed since it was saved: %s", resume, changed)
-    if main_process:
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record, comparable)
+    if not record.is_file():
+        return []
+    before = json.loads(record.read_text())
+    return sorted(k for k in set(before) | set(comparable) if before.get(k) != comparable.get(k))
+
+
+def _comparable_config(cfg: Mapping, init: Path, data: Path) -> dict:
+    """What a checkpoint depends on: the run config (not its job resources), the initial model and the data."""
+    from spatialreasoner.utils import sha256_file
+
+    comparable = {k: v for k, v in cfg.items() if k != "resources"}
+    comparable["init"] = str(init)
+    comparable["data_sha256"] = sha256_file(data)
+    return json.loads(json.dumps(comparable, default=str))
+
+
+def _set_aside_stale_checkpoints(workdir: Path, changed: list[str]) -> Path:
+    """Move a working folder made with another run config out of the way, so that training starts afresh."""
+    stale = workdir.with_name(f"{workdir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    workdir.rename(stale)
+    log.warning("the run config changed since %s was written (%s): moved it to %s and starting afresh",
+                workdir, ", ".join(changed), stale)  # fmt: skip
+    return stale
 
 
 def train(
@@ -152,8 +164,22 @@ def train(
         {"full_schedule_steps": total, "stop_steps": stop, "num_processes": num_processes, "rows": rows},
     )
 
+    # Resuming checkpoints made with another config (learning rate, schedule, data...) would silently mix two
+    # runs, so they are set aside. Every rank reads the old record before the main process replaces it.
+    comparable = _comparable_config(cfg, init, data)
     resume = last_checkpoint(workdir)
-    _check_same_config(workdir, cfg, resume, state.is_main_process)
+    changed = _config_changes(workdir, comparable)
+    state.wait_for_everyone()
+    if changed and workdir.exists():
+        if state.is_main_process:
+            _set_aside_stale_checkpoints(workdir, changed)
+        state.wait_for_everyone()
+        resume = None
+    if state.is_main_process:
+        from spatialreasoner.utils import write_json_atomic
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(workdir / "run_config.json", comparable)
     if resume is not None and checkpoint_step(resume) >= stop:
         log.info("%s already reached step %d; writing the final model from it", resume, stop)
         if state.is_main_process:
