@@ -18,7 +18,6 @@ import yaml
 from spatialreasoner.errors import ConfigError
 
 SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
-KNOWN_BENCHMARKS = ("3DSRBench", "CV-Bench-3D")
 
 
 def schema_path() -> Path:

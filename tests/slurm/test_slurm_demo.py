@@ -9,8 +9,6 @@ first checkpoint, as the time-limit warning (`--signal`) or a preemption would, 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,27 +20,10 @@ from cluster import requested_gpus
 # The whole demo runs in the first test's fixture; allow it more than the suite's default per-test limit.
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # The rules that run on GPUs in a real reproduction; every other rule must be submitted without GPUs.
 GPU_RULES = {"train", "infer"}
 KILLED_RUN = "SpatialReasoner-SFT"
 SAVE_STEPS = 5  # checkpoints of the killed run come every few steps, so the kill lands mid-training
-
-
-def copy_checkout(dest: Path) -> Path:
-    """Tracked and untracked-but-not-ignored files: a fresh clone plus local edits, without results or caches."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for rel in filter(None, (p.decode() for p in listed)):
-        src = REPO_ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    return dest
 
 
 def gpu_overlay() -> dict:
@@ -103,7 +84,7 @@ def run_demo_killing_training(slurm_snakemake, workdir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def demo_through_slurm(slurm_snakemake, tmp_path_factory):
+def demo_through_slurm(slurm_snakemake, tmp_path_factory, copy_checkout):
     return run_demo_killing_training(slurm_snakemake, copy_checkout(tmp_path_factory.mktemp("slurm-demo")))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,25 +12,9 @@ import pytest
 import yaml
 
 
-def copy_checkout(repo_root: Path, dest: Path) -> Path:
-    """Tracked and untracked-but-not-ignored files: what a fresh clone plus local edits would hold."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=repo_root,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for rel in filter(None, (p.decode() for p in listed)):
-        src = repo_root / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    return dest
-
-
 @pytest.fixture(scope="module")
-def demo_run(repo_root, tmp_path_factory):
-    work = copy_checkout(repo_root, tmp_path_factory.mktemp("demo"))
+def demo_run(tmp_path_factory, copy_checkout):
+    work = copy_checkout(tmp_path_factory.mktemp("demo"))
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -19,29 +19,10 @@ import pandas as pd
 from spatialreasoner.errors import DataError
 from spatialreasoner.matcher import PROTOCOLS, answer_content, choices_of, match_option
 from spatialreasoner.prompts import OPTION_LETTERS, is_present
+from spatialreasoner.taxonomy import BENCHMARKS, CVB, CVB_CATEGORIES, SRB, SRB_SUBTYPES, SRB_TYPES
 from spatialreasoner.utils import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-SRB = "3DSRBench"
-CVB = "CV-Bench-3D"
-BENCHMARKS = (SRB, CVB)
-
-#: 3DSRBench question types and their subtypes (the ``category`` column), in the paper's table order.
-SRB_TYPES: dict[str, tuple[str, ...]] = {
-    "height": ("height_higher",),
-    "location": ("location_above", "location_closer_to_camera", "location_next_to"),
-    "orientation": ("orientation_in_front_of", "orientation_on_the_left", "orientation_viewpoint"),
-    "multi_object": (
-        "multi_object_closer_to",
-        "multi_object_facing",
-        "multi_object_viewpoint_towards_object",
-        "multi_object_parallel",
-        "multi_object_same_direction",
-    ),
-}
-SRB_SUBTYPES: tuple[str, ...] = tuple(s for subs in SRB_TYPES.values() for s in subs)
-CVB_CATEGORIES: tuple[str, ...] = ("Depth", "Distance")
 
 #: Columns of each benchmark's table, after ``model``.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {

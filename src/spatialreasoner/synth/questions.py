@@ -14,22 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from spatialreasoner.synth.scene import Object3D, Scene
+from spatialreasoner.taxonomy import CVB_CATEGORIES, SRB_SUBTYPES
 
-SUBTYPES_3DSRBENCH = (
-    "height_higher",
-    "location_above",
-    "location_closer_to_camera",
-    "location_next_to",
-    "orientation_in_front_of",
-    "orientation_on_the_left",
-    "orientation_viewpoint",
-    "multi_object_closer_to",
-    "multi_object_facing",
-    "multi_object_viewpoint_towards_object",
-    "multi_object_parallel",
-    "multi_object_same_direction",
-)
-CATEGORIES_CVBENCH3D = ("Depth", "Distance")
+SUBTYPES_3DSRBENCH = SRB_SUBTYPES
+CATEGORIES_CVBENCH3D = CVB_CATEGORIES
 # The phrase kinds each subtype's reasoning states (location, vector, dist_from, dist_between, cosine|angle,
 # front, left), matching the 3D-aware process reward's requirements.
 COT_KINDS: dict[str, tuple[str, ...]] = {
