@@ -75,10 +75,11 @@ def test_bad_batch_shapes_are_config_errors(sft_trained_dir, train_tables, tmp_p
     assert not (tmp_path / "m").exists()
 
 
-def test_grpo_from_sft_model_updates_and_logs_every_reward(sft_trained_dir, train_tables, tmp_path):
+def test_grpo_from_sft_model_updates_and_logs_every_reward(sft_trained_dir, train_tables, tmp_path, caplog):
     from spatialreasoner.train.main import train
 
     cfg = {**GRPO_CFG, "stop_steps": 3}
+    caplog.set_level("INFO", logger="spatialreasoner.train.callbacks")
     out = train(
         "grpo", cfg, sft_trained_dir, train_tables["rl"], tmp_path / "work", tmp_path / "model", prompts=PROMPTS, seed=0
     )
@@ -90,6 +91,9 @@ def test_grpo_from_sft_model_updates_and_logs_every_reward(sft_trained_dir, trai
         assert all(f"rewards/{name}/mean" in h for h in logs), name
     assert max(h["grad_norm"] for h in logs) > 0
     assert any(h["reward_std"] > 0 for h in logs)  # non-zero advantages: the SFT start matters
+    # The step metrics reach the run's log (the rule's log file), not only TensorBoard.
+    step_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(step_lines) >= 3 and all("rewards/format_reward/mean=" in line for line in step_lines[:3])
 
 
 def test_processor_pads_prompts_on_the_left_like_the_trainer(sft_trained_dir, train_tables, tmp_path):

@@ -17,6 +17,15 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
 
+class LogMetricsCallback(TrainerCallback):
+    """Step metrics (loss, learning rate, rewards...) into the run's log file, not only the console and TensorBoard."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+            log.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
+
+
 class StopAtStepCallback(TrainerCallback):
     """End training at ``stop_steps`` (inside a longer schedule) and save a checkpoint there."""
 

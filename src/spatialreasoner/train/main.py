@@ -118,7 +118,7 @@ def train(
 
     from spatialreasoner.modeling import check_model_dir, load_processor
     from spatialreasoner.train import grpo, sft
-    from spatialreasoner.train.callbacks import SignalCheckpointCallback, StopAtStepCallback
+    from spatialreasoner.train.callbacks import LogMetricsCallback, SignalCheckpointCallback, StopAtStepCallback
     from spatialreasoner.train.common import export_final_model, resolve_run_config, run_record, training_kwargs
     from spatialreasoner.train.schedule import full_schedule_steps, warmup_steps
 
@@ -191,7 +191,7 @@ def train(
     processor = load_processor(init, min_pixels=min_pixels, max_pixels=max_pixels)
     signal_cb = SignalCheckpointCallback().install()
     try:
-        callbacks = [StopAtStepCallback(stop), signal_cb, *extra_callbacks]
+        callbacks = [StopAtStepCallback(stop), signal_cb, LogMetricsCallback(), *extra_callbacks]
         kwargs = training_kwargs(cfg, workdir, total, seed, run_name)
         if cfg["stage"] == "sft":
             trainer = sft.build_trainer(cfg, kwargs, init, data, processor, callbacks)
