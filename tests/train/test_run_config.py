@@ -40,8 +40,12 @@ def test_paper_runs_follow_the_official_recipes(repo_root):
 
 def test_ablations_are_config_only(repo_root):
     config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
-    config["runs"].update(yaml.safe_load((repo_root / "config/ablations.yaml").read_text())["runs"])
+    ablations = yaml.safe_load((repo_root / "config/ablations.yaml").read_text())
+    for section, entries in ablations.items():  # as Snakemake merges a second --configfile
+        config[section].update(entries)
     validate_config(config, schema(repo_root))
+    assert config["runs"]["SpatialReasoner-SFT-Basic3D"]["data"] == "basic3d"
+    assert config["datasets"]["basic3d"]["annotations"] == "SpatialReasoner-Basic3D-QA"
     zero3d = config["runs"]["SpatialReasoner-Zero-3DRwd"]
     assert set(zero3d["rewards"]) == {"accuracy", "format", "process", "reasoning_steps"}
     assert zero3d["instruction"] in config["prompts"]
