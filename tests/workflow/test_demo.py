@@ -50,9 +50,10 @@ def test_demo_leaves_logs_benchmarks_and_final_models(demo_run):
     for run in config["runs"]:
         assert (work / f"results/models/{run}/run.json").is_file()
         assert (work / f"results/models/{run}/trainer_state.json").is_file()
-    logs = {p.parent.name for p in (work / "logs").rglob("*.log")}
+    logs = {p.relative_to(work / "logs").parts[0] for p in (work / "logs").rglob("*.log")}
     assert {"build_tiny_model", "canonicalize", "prepare_benchmark", "infer", "score", "tables"} <= logs
-    assert any((work / "benchmarks").rglob("*.tsv"))
+    benchmarked = {p.relative_to(work / "benchmarks").parts[0] for p in (work / "benchmarks").rglob("*.tsv")}
+    assert logs <= benchmarked, logs - benchmarked
 
 
 @pytest.mark.slow
