@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
@@ -119,6 +120,37 @@ def run_order(config: Mapping) -> list[str]:
     return order
 
 
+SECRET_KEY_PATTERN = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
+
+
+def check_run(name: str, run: Mapping, prompts: Mapping) -> None:
+    """Run settings that would otherwise only fail when the training job starts (maybe hours into a workflow)."""
+    for key in ("system_prompt", "instruction"):
+        value = run.get(key)
+        if value is not None and value not in prompts:
+            raise ConfigError(
+                f"config key runs.{name}.{key}: {value!r} is not a key of prompts; expected one of {sorted(prompts)}"
+            )
+    weights, rewards = run.get("reward_weights"), run.get("rewards", [])
+    if weights is not None and len(weights) != len(rewards):
+        raise ConfigError(
+            f"config key runs.{name}.reward_weights: {len(weights)} weights for {len(rewards)} rewards {rewards}; "
+            "expected one weight per reward"
+        )
+    vllm, gpus = run.get("vllm") or {}, (run.get("resources") or {}).get("gpus", 1)
+    if run.get("stage") == "grpo" and vllm.get("mode") == "server" and gpus <= vllm.get("server_gpus", 1):
+        raise ConfigError(
+            f"config key runs.{name}.vllm.server_gpus: the vLLM server takes {vllm.get('server_gpus', 1)} of the "
+            f"job's {gpus} GPUs (resources.gpus), leaving none to train; expected resources.gpus > server_gpus"
+        )
+    for key in run.get("trainer_args") or {}:
+        if SECRET_KEY_PATTERN.search(key):
+            raise ConfigError(
+                f"config key runs.{name}.trainer_args.{key}: secrets do not belong in the configuration (it is "
+                "copied into job scripts, logs and run.json); set them in the environment (e.g. HF_TOKEN)"
+            )
+
+
 def check_semantics(config: Mapping) -> None:
     """Cross-references the schema cannot express; raise ConfigError naming the key."""
     sources = config.get("sources", {})
@@ -146,7 +178,9 @@ def check_semantics(config: Mapping) -> None:
                     f"expected one of {sorted(config.get('images', {}))}"
                 )
     datasets = config.get("datasets", {})
+    prompts = config.get("prompts", {})
     for name, run in config.get("runs", {}).items():
+        check_run(name, run, prompts)
         if run["data"] not in datasets:
             raise ConfigError(
                 f"config key runs.{name}.data: {run['data']!r} is not a dataset; expected one of {sorted(datasets)}"

@@ -129,3 +129,18 @@ def test_a_changed_run_config_sets_old_checkpoints_aside(tiny_model_dir, train_t
     assert len(stale) == 1 and (stale[0] / "checkpoint-3").is_dir()
     assert json.loads((work / "run_config.json").read_text())["learning_rate"] == changed["learning_rate"]
     assert read_state(out)["global_step"] == 3
+
+
+def test_a_changed_save_or_log_setting_keeps_the_checkpoints(tiny_model_dir, train_tables, tmp_path):
+    cfg = {**FAST_SFT, "num_train_epochs": 100, "stop_steps": 4, "save_steps": 2}
+    work, out = tmp_path / "work", tmp_path / "model"
+    train("kept", {**cfg, "stop_steps": 2}, tiny_model_dir, train_tables["sft"], work, out, seed=0)
+    import shutil
+
+    shutil.rmtree(out)
+    recorder = RecordStart()
+    # stop_steps, save_steps and logging_steps differ; the training trajectory does not.
+    changed = {**cfg, "save_steps": 1, "logging_steps": 2}
+    train("kept", changed, tiny_model_dir, train_tables["sft"], work, out, seed=0, extra_callbacks=[recorder])
+    assert recorder.start_step == 2
+    assert not [p for p in tmp_path.iterdir() if ".stale-" in p.name]

@@ -101,6 +101,8 @@ def test_accuracy_never_raises():
         ("First, a. Next, b. Finally, c. Therefore, d.", 1.0),
         ("1. a\n2. b", 2 / 3),  # every numbered line counts, not only one at the very start
         ("intro\n- a\n* b\n", 2 / 3),
+        ("3.5 meters\n2.1 meters", 0.0),  # a decimal number starting a line is not a numbered step
+        ("1.\n2. b", 2 / 3),
     ],
 )
 def test_reasoning_steps(text, expected):

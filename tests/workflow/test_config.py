@@ -139,3 +139,43 @@ def test_workflow_stops_before_any_job(repo_root, demo_config, tmp_path):
     out = proc.stdout + proc.stderr
     assert "runs.SpatialReasoner.init" in out and "'nowhere'" in out
     assert "Job stats" not in out
+
+
+def test_unknown_run_or_dataset_key_is_a_typo(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["runs"]["SpatialReasoner-SFT"]["learning_rat"] = 1e-3
+    rejected(config, "runs.SpatialReasoner-SFT", "'learning_rat' was unexpected")
+    config = copy.deepcopy(demo_config)
+    config["datasets"]["sft"]["on_bad_images"] = "drop"
+    rejected(config, "datasets.sft", "'on_bad_images' was unexpected")
+
+
+def test_run_prompt_keys_must_exist(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["runs"]["SpatialReasoner"]["instruction"] = "reasoning3d"
+    rejected(config, "runs.SpatialReasoner.instruction", "'reasoning3d' is not a key of prompts")
+
+
+def test_reward_weights_match_rewards(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["runs"]["SpatialReasoner"]["reward_weights"] = [1.0]
+    rejected(config, "runs.SpatialReasoner.reward_weights", "1 weights for 2 rewards")
+
+
+def test_vllm_server_leaves_gpus_to_train(paper_config):
+    config = copy.deepcopy(paper_config)
+    config["runs"]["SpatialReasoner"]["resources"]["gpus"] = 1
+    rejected(config, "runs.SpatialReasoner.vllm.server_gpus", "expected resources.gpus > server_gpus")
+
+
+def test_warmup_ratio_below_one(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["runs"]["SpatialReasoner"]["warmup_ratio"] = 1
+    rejected(config, "runs.SpatialReasoner.warmup_ratio")
+
+
+def test_secrets_are_refused_in_trainer_args(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["runs"]["SpatialReasoner"]["trainer_args"] = {"hub_token": "hf_abc"}
+    message = rejected(config, "runs.SpatialReasoner.trainer_args.hub_token", "environment")
+    assert "hf_abc" not in message

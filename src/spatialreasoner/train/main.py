@@ -80,11 +80,19 @@ def _config_changes(workdir: Path, comparable: Mapping) -> list[str]:
     return sorted(k for k in set(before) | set(comparable) if before.get(k) != comparable.get(k))
 
 
+#: Run keys that change how a run is saved, logged or scheduled, not what it learns: changing them keeps checkpoints.
+#: (stop_steps only moves the stop inside the same full schedule, so a run can be extended from its checkpoints.)
+BOOKKEEPING_KEYS = frozenset(
+    {"resources", "stop_steps", "save_steps", "save_total_limit", "logging_steps", "log_completions", "report_to",
+     "wandb", "dataloader_num_workers"}
+)  # fmt: skip
+
+
 def _comparable_config(cfg: Mapping, init: Path, data: Path) -> dict:
-    """What a checkpoint depends on: the run config (not its job resources), the initial model and the data."""
+    """What a checkpoint depends on: the run's training settings, the initial model and the data."""
     from spatialreasoner.utils import sha256_file
 
-    comparable = {k: v for k, v in cfg.items() if k != "resources"}
+    comparable = {k: v for k, v in cfg.items() if k not in BOOKKEEPING_KEYS}
     comparable["init"] = str(init)
     comparable["data_sha256"] = sha256_file(data)
     return json.loads(json.dumps(comparable, default=str))

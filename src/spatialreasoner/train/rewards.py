@@ -132,9 +132,9 @@ def accuracy_reward(completions, answer=None, **kwargs) -> list[float]:
 
 # "Step N:", numbered lines ("1."), bullets ("- ", "* ") at a line start, and transition words. The official pattern
 # anchored numbered lines with `^` but without MULTILINE, so only a number at the very start counted; we count every
-# numbered line.
+# numbered line. A numbered line is "N." followed by white space or the line's end, so "3.5 meters" is no step.
 STEP_PATTERN = re.compile(
-    r"(Step \d+:|^[ \t]*\d+\.|^[ \t]*[-*][ \t]|First,|Second,|Next,|Finally,|Therefore,)", re.MULTILINE
+    r"(Step \d+:|^[ \t]*\d+\.(?=\s|$)|^[ \t]*[-*][ \t]|First,|Second,|Next,|Finally,|Therefore,)", re.MULTILINE
 )
 
 
