@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("spatialreasoner.evaluate.infer", "generate predictions of a model on a benchmark"),
     "score": ("spatialreasoner.evaluate.score", "score predictions with VLMEvalKit's option matcher"),
     "tables": ("spatialreasoner.evaluate.tables", "write the paper's tables from scores"),
+    "plots": ("spatialreasoner.evaluate.plots", "draw the report's figures: benchmark tables and training curves"),
 }
 
 

@@ -52,6 +52,7 @@ def test_demo_leaves_logs_benchmarks_and_final_models(demo_run):
         assert (work / f"results/models/{run}/trainer_state.json").is_file()
     logs = {p.relative_to(work / "logs").parts[0] for p in (work / "logs").rglob("*.log")}
     assert {"build_tiny_model", "canonicalize", "prepare_benchmark", "infer", "score", "tables"} <= logs
+    assert {"plot_tables", "plot_training"} <= logs
     benchmarked = {p.relative_to(work / "benchmarks").parts[0] for p in (work / "benchmarks").rglob("*.tsv")}
     assert logs <= benchmarked, logs - benchmarked
 
@@ -60,3 +61,15 @@ def test_demo_leaves_logs_benchmarks_and_final_models(demo_run):
 def test_demo_rerun_has_nothing_to_do(demo_run):
     _, _, dry_run_output = demo_run
     assert "Nothing to be done" in dry_run_output, dry_run_output[-3000:]
+
+
+@pytest.mark.slow
+def test_demo_draws_the_report_figures(demo_run):
+    work, config, _ = demo_run
+    from PIL import Image
+
+    figures = [f"results/plots/{bench}.png" for bench in config["evaluate"]["benchmarks"]]
+    figures += [f"results/plots/training/{run}.png" for run in config["runs"]]
+    for figure in figures:
+        with Image.open(work / figure) as img:
+            assert img.format == "PNG" and min(img.size) > 200, (figure, img.size)

@@ -46,3 +46,19 @@ def model_dir(name):
 def final_tables():
     tables = [f"results/tables/{bench}.csv" for bench in BENCHMARKS]
     return tables + ["results/tables/summary.md"]
+
+
+def evaluated_runs():
+    """The runs the evaluation needs, in training order: every evaluated run and the runs it starts from."""
+    needed = set()
+    for name in EVAL_MODELS:
+        while name in config["runs"] and name not in needed:
+            needed.add(name)
+            name = config["runs"][name]["init"]
+    return [run for run in RUNS if run in needed]
+
+
+def final_plots():
+    """The report's figures: a bar plot per benchmark table and the training curves of every evaluated run."""
+    plots = [f"results/plots/{bench}.png" for bench in BENCHMARKS]
+    return plots + [f"results/plots/training/{run}.png" for run in evaluated_runs()]

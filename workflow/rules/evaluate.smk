@@ -12,16 +12,18 @@ if RANDOM in EVAL_MODELS:
 # Rows of the tables, in order: every evaluated model, then the random baseline.
 TABLE_MODELS = EVAL_MODELS + ([RANDOM] if EVAL.get("random_baseline", True) else [])
 SCORE_DIRS = {(model, bench): f"results/scores/{model}/{bench}" for model in TABLE_MODELS for bench in BENCHMARKS}
+# Pixel limits at inference: the model folder's own processor settings unless evaluate.min/max_pixels are set (the
+# official evaluation loads each checkpoint's processor as saved; `vision` is the training setting).
 VISION_ARGS = " ".join(
-    f"--{key.replace('_', '-')} {config['vision'][key]}"
-    for key in ("min_pixels", "max_pixels")
-    if config.get("vision", {}).get(key) is not None
+    f"--{key.replace('_', '-')} {EVAL[key]}" for key in ("min_pixels", "max_pixels") if EVAL.get(key) is not None
 )
 # The system prompt text when a model is evaluated with it (the SFT model is not), else "none".
 SYSTEM_PROMPTS = {
     model: config.get("prompts", {}).get("system", "none") if spec.get("system_prompt", True) else "none"
     for model, spec in EVAL["models"].items()
 }
+# The row of `paper` each table row is compared with (None: no published counterpart).
+PAPER_NAMES = {**{model: spec.get("paper") for model, spec in EVAL["models"].items()}, RANDOM: None}
 TABLE_CAPTIONS = {
     "3DSRBench": "../report/table_3dsrbench.rst",
     "CV-Bench-3D": "../report/table_cv_bench_3d.rst",
@@ -155,7 +157,7 @@ rule tables:
     params:
         scores=" ".join(f"--score {shlex.quote(f'{b}:{m}={d}')}" for (m, b), d in SCORE_DIRS.items()),
         paper=json.dumps(config.get("paper", {})),
-        names=json.dumps({**{m: spec.get("paper") for m, spec in EVAL["models"].items()}, RANDOM: None}),
+        names=json.dumps(PAPER_NAMES),
         out=subpath(output.summary, parent=True),
     shell:
         "spatialreasoner --log {log} tables --out {params.out} --paper {params.paper:q}"

@@ -1,0 +1,315 @@
+"""Figures for the report: per-category bar plots of the benchmark tables and training curves of a run.
+
+``plots table`` draws a table written by ``spatialreasoner tables`` (3DSRBench: overall and the 4 types in one panel,
+the 12 subtypes in another; CV-Bench-3D: overall, Depth and Distance), one bar per model and category, with the
+published number of the paper model a row reproduces drawn on its bar as a black tick. ``plots training`` draws
+loss, learning rate and, for GRPO runs, the mean of every reward from a run's ``trainer_state.json``
+(``log_history``). Figures are drawn with matplotlib's Agg canvas (no display needed) and written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from spatialreasoner.errors import ConfigError, DataError
+from spatialreasoner.evaluate.score import TABLE_COLUMNS
+from spatialreasoner.taxonomy import BENCHMARKS, CVB, CVB_CATEGORIES, SRB, SRB_SUBTYPES, SRB_TYPES
+from spatialreasoner.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+DPI = 110
+STAGES = ("sft", "grpo")
+#: Bars of a panel are labelled with their value up to this many bars.
+MAX_LABELLED_BARS = 40
+#: The random baseline's row name (``spatialreasoner tables``); drawn in grey.
+RANDOM = "random"
+#: Panels of each benchmark's figure: (title, columns).
+PANELS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    SRB: (("overall and question types", ("overall", *SRB_TYPES)), ("subtypes", SRB_SUBTYPES)),
+    CVB: (("overall and categories", ("overall", *CVB_CATEGORIES)),),
+}
+_REWARD_KEY = re.compile(r"^rewards/(.+)/mean$")
+
+
+# ---------------------------------------------------------------------------------------------------------- tables
+
+
+def read_table(path: str | Path, benchmark: str) -> pd.DataFrame:
+    """A benchmark table (``model`` + the benchmark's columns, numbers in %); a DataError naming what is wrong."""
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; write the tables first (spatialreasoner tables)")
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read as a CSV table: {exc}") from exc
+    expected = ["model", *TABLE_COLUMNS[benchmark]]
+    missing = [c for c in expected if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; a {benchmark} table has {', '.join(expected)}"
+        )
+    if df.empty:
+        raise DataError(f"{path}: no rows; expected one row per model")
+    values = df[list(TABLE_COLUMNS[benchmark])].apply(pd.to_numeric, errors="coerce")
+    bad = values.isna() & df[list(TABLE_COLUMNS[benchmark])].notna()
+    if bad.any().any():
+        column = bad.any()[bad.any()].index[0]
+        raise DataError(f"{path}: column {column} holds non-numeric values; expected accuracies in %")
+    out = values.copy()
+    out.insert(0, "model", df["model"].astype(str))
+    return out
+
+
+def _label(column: str) -> str:
+    return textwrap.fill(column.replace("_", " "), width=14)
+
+
+def _draw_bars(
+    ax: Axes,
+    table: pd.DataFrame,
+    columns: Sequence[str],
+    published: Mapping[str, Mapping[str, float]],
+    colors: Mapping[str, str],
+) -> bool:
+    """Grouped bars (groups: columns, bars: models); a black tick on a bar where the paper gives the number."""
+    n = len(table)
+    width = 0.8 / n
+    x = np.arange(len(columns))
+    any_paper = False
+    for i, (_, row) in enumerate(table.iterrows()):
+        pos = x - 0.4 + width * (i + 0.5)
+        heights = [float(row[c]) for c in columns]
+        bars = ax.bar(pos, heights, width=width * 0.92, color=colors[row["model"]], label=row["model"])
+        if n * len(columns) <= MAX_LABELLED_BARS:  # numbers on the bars (a 0 bar is otherwise invisible)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        ref = published.get(row["model"]) or {}
+        for p, c in zip(pos, columns, strict=True):
+            value = ref.get(c)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                ax.hlines(float(value), p - width / 2, p + width / 2, colors="black", linewidth=2.2, zorder=3)
+                any_paper = True
+    ax.set_xticks(x, [_label(c) for c in columns], fontsize=8)
+    ax.set_xlim(-0.5, len(columns) - 0.5)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    return any_paper
+
+
+def plot_table(
+    table_csv: str | Path,
+    benchmark: str,
+    out: str | Path,
+    paper: Mapping | None = None,
+    paper_names: Mapping[str, str | None] | None = None,
+) -> Path:
+    """Bar plot of one benchmark table into ``out`` (PNG).
+
+    ``paper[benchmark][paper_model][column]`` are published numbers and ``paper_names[model]`` the paper model a row
+    reproduces (None: none), as for ``spatialreasoner tables``; only the numbers the paper gives are drawn.
+    """
+    table = read_table(table_csv, benchmark)
+    by_paper_model = (paper or {}).get(benchmark, {}) or {}
+    names = paper_names or {}
+    published = {m: by_paper_model.get(names.get(m)) or {} for m in table["model"] if names.get(m)}
+    palette = [f"C{i}" for i in range(10)]
+    others = [m for m in table["model"] if m != RANDOM]
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(others)} | {RANDOM: "0.6"}
+
+    panels = PANELS[benchmark]
+    widest = max(len(columns) for _, columns in panels)
+    width = min(24.0, max(12.0, 2.0 + 0.14 * len(table) * widest))
+    fig = Figure(figsize=(width, 1.0 + 3.6 * len(panels)), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    any_paper = False
+    for (title, columns), ax in zip(panels, fig.subplots(len(panels), 1, squeeze=False)[:, 0], strict=True):
+        any_paper |= _draw_bars(ax, table, columns, published, colors)
+        ax.set_title(f"{benchmark}: {title}", fontsize=10, loc="left")
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    if any_paper:
+        handles.append(Line2D([], [], color="black", linewidth=2.2))
+        labels.append("paper (published)")
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    return _save(fig, out)
+
+
+# -------------------------------------------------------------------------------------------------------- training
+
+
+def read_log_history(path: str | Path) -> list[dict]:
+    """The ``log_history`` of a ``trainer_state.json``; a DataError unless it is a non-empty list of entries."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; expected the trainer_state.json of a finished run")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read as JSON: {exc}") from exc
+    history = state.get("log_history") if isinstance(state, dict) else None
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise DataError(f"{path}: expected a JSON object with a list of entries under 'log_history'")
+    if not history:
+        raise DataError(
+            f"{path}: log_history is empty; expected one entry per logging step (step, loss, learning_rate)"
+        )
+    return history
+
+
+def series(history: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of ``key`` over the entries that have it with a finite number and a step."""
+    points = [
+        (h["step"], float(h[key]))
+        for h in history
+        if isinstance(h.get("step"), int | float)
+        and isinstance(h.get(key), int | float)
+        and not isinstance(h.get(key), bool)
+        and math.isfinite(h[key])
+    ]
+    if not points:
+        return np.array([]), np.array([])
+    steps, values = zip(*points, strict=True)
+    return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+
+def reward_names(history: Sequence[Mapping]) -> list[str]:
+    """Reward functions logged as ``rewards/<name>/mean``, in first-seen order."""
+    names: list[str] = []
+    for h in history:
+        for key in h:
+            m = _REWARD_KEY.match(key)
+            if m and m.group(1) not in names:
+                names.append(m.group(1))
+    return names
+
+
+def _smoothed(values: np.ndarray) -> np.ndarray | None:
+    """A centred rolling mean over about a fiftieth of the points, or None for short curves."""
+    if len(values) <= 50:
+        return None
+    window = max(2, len(values) // 50)
+    return pd.Series(values).rolling(window, center=True, min_periods=1).mean().to_numpy()
+
+
+def _curve(
+    ax: Axes, steps: np.ndarray, values: np.ndarray, color: str, label: str | None = None, linestyle: str = "-"
+) -> None:
+    smooth = _smoothed(values)
+    style = {"color": color, "linestyle": linestyle}
+    if smooth is None:
+        ax.plot(steps, values, **style, linewidth=1.4, marker="." if len(values) <= 30 else None, label=label)
+    else:
+        ax.plot(steps, values, **style, linewidth=0.8, alpha=0.3)
+        ax.plot(steps, smooth, **style, linewidth=1.6, label=label)
+
+
+def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = None, stage: str | None = None) -> Path:
+    """Loss, learning rate and (GRPO) reward means against the optimizer step, from ``trainer_state.json``.
+
+    ``stage`` ``grpo`` requires reward entries (``rewards/<name>/mean``); None draws them when present.
+    """
+    if stage is not None and stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    path = Path(trainer_state)
+    history = read_log_history(path)
+    loss = series(history, "loss")
+    lr = series(history, "learning_rate")
+    for key, (steps, _) in (("loss", loss), ("learning_rate", lr)):
+        if not len(steps):
+            raise DataError(f"{path}: no log_history entry has a numeric 'step' and {key!r}; expected step metrics")
+    rewards = reward_names(history)
+    if stage == "grpo" and not rewards:
+        raise DataError(f"{path}: a GRPO run's log_history has no 'rewards/<name>/mean' entries")
+
+    n_panels = 3 if rewards else 2
+    fig = Figure(figsize=(4.6 * n_panels, 3.8), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    _curve(axes[0], *loss, "C0")
+    axes[0].set_title("loss", fontsize=10)
+    axes[1].plot(*lr, color="C1", linewidth=1.4)
+    axes[1].set_title("learning rate", fontsize=10)
+    axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axes[1].set_ylim(bottom=0)
+    if rewards:
+        ax = axes[2]
+        for i, name in enumerate(rewards):
+            _curve(ax, *series(history, f"rewards/{name}/mean"), f"C{(i + 2) % 10}", label=name)
+        total = series(history, "reward")
+        if len(total[0]) and len(rewards) > 1:  # dashed: a reward it coincides with stays visible between the dashes
+            _curve(ax, *total, "black", label="total", linestyle="--")
+        ax.set_title("reward means", fontsize=10)
+        ax.legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    last = int(max(loss[0].max(), lr[0].max()))
+    title = " ".join(p for p in (run, f"({stage})" if stage else None) if p)
+    fig.suptitle(f"{title}: {last} steps" if title else f"{last} steps", fontsize=11)
+    return _save(fig, out)
+
+
+# ------------------------------------------------------------------------------------------------------------ output
+
+
+def _save(fig: Figure, out: str | Path) -> Path:
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    log.info("wrote %s", out)
+    return out
+
+
+def _json_arg(value: str, flag: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} must be JSON: {exc}") from exc
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+    table = sub.add_parser("table", help="bar plot of a benchmark table", description="bar plot of a benchmark table")
+    table.add_argument("--table", required=True, help="a table written by `spatialreasoner tables` (<bench>.csv)")
+    table.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    table.add_argument("--out", required=True, help="PNG file")
+    table.add_argument("--paper", default="{}", help="JSON: published numbers paper[bench][paper_model][column]")
+    table.add_argument("--paper-names", default="{}", help="JSON: model -> paper model it reproduces (null for none)")
+    training = sub.add_parser(
+        "training", help="training curves of a run", description="loss, learning rate and reward means of a run"
+    )
+    training.add_argument("--trainer-state", required=True, help="the run's trainer_state.json")
+    training.add_argument("--out", required=True, help="PNG file")
+    training.add_argument("--run", default=None, help="run name for the title")
+    training.add_argument("--stage", default=None, choices=STAGES, help="grpo: reward curves are required")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.figure == "table":
+        paper = _json_arg(args.paper, "--paper")
+        names = _json_arg(args.paper_names, "--paper-names")
+        out = plot_table(args.table, args.benchmark, args.out, paper, names)
+    else:
+        out = plot_training(args.trainer_state, args.out, run=args.run, stage=args.stage)
+    print(out)
+    return 0

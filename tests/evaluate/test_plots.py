@@ -1,0 +1,158 @@
+"""Report figures from small hand-made tables and a hand-made trainer_state.json."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from spatialreasoner.errors import ConfigError, DataError
+from spatialreasoner.evaluate.plots import DPI, plot_table, plot_training, reward_names, series
+from spatialreasoner.evaluate.score import TABLE_COLUMNS
+
+PAPER = {"3DSRBench": {"SpatialReasoner": {"overall": 60.3, "height": 52.5, "location": 75.2}}}
+NAMES = {"ours": "SpatialReasoner", "base": None, "random": None}
+
+
+def write_table(path, benchmark, models=("ours", "base", "random"), drop=()):
+    columns = [c for c in TABLE_COLUMNS[benchmark] if c not in drop]
+    rows = [{"model": m, **{c: (10.0 * i + 3 * j) % 100 for j, c in enumerate(columns)}} for i, m in enumerate(models)]
+    pd.DataFrame(rows, columns=["model", *columns]).to_csv(path, index=False)
+    return path
+
+
+def assert_png(path, min_size=(600, 250)):
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.size[0] >= min_size[0] and img.size[1] >= min_size[1], img.size
+        return img.size
+
+
+def grpo_state(steps=60, rewards=("accuracy_reward", "format_reward")):
+    history = []
+    for step in range(1, steps + 1):
+        entry = {"step": step, "epoch": step / steps, "loss": 0.01 * (-1) ** step, "learning_rate": 1e-4 * step / steps}
+        entry["reward"] = 0.0
+        for i, name in enumerate(rewards):
+            entry[f"rewards/{name}/mean"] = min(1.0, step / steps + 0.1 * i)
+            entry[f"rewards/{name}/std"] = 0.2
+            entry["reward"] += entry[f"rewards/{name}/mean"]
+        history.append(entry)
+    history.append({"step": steps, "train_runtime": 12.5, "train_loss": 0.01})  # the Trainer's closing summary
+    return {"global_step": steps, "log_history": history}
+
+
+def sft_state(steps=8):
+    return {
+        "log_history": [
+            {"step": s, "loss": 6.0 / s, "learning_rate": 5e-3, "grad_norm": 1.0} for s in range(1, steps + 1)
+        ]
+    }
+
+
+@pytest.mark.parametrize("benchmark", ["3DSRBench", "CV-Bench-3D"])
+def test_table_plot_is_a_png(tmp_path, benchmark):
+    table = write_table(tmp_path / f"{benchmark}.csv", benchmark)
+    out = plot_table(table, benchmark, tmp_path / "plots" / f"{benchmark}.png", PAPER, NAMES)
+    assert out == tmp_path / "plots" / f"{benchmark}.png"
+    width, height = assert_png(out)
+    if benchmark == "3DSRBench":  # two panels: overall + types, subtypes
+        assert height > 6 * DPI
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary left behind
+
+
+def test_table_plot_without_paper_numbers(tmp_path):
+    table = write_table(tmp_path / "CV-Bench-3D.csv", "CV-Bench-3D", models=("only",))
+    assert_png(plot_table(table, "CV-Bench-3D", tmp_path / "cvb.png"))
+
+
+def test_table_plot_names_the_missing_columns(tmp_path):
+    table = write_table(tmp_path / "3DSRBench.csv", "3DSRBench", drop=("height", "multi_object_parallel"))
+    with pytest.raises(DataError, match=r"3DSRBench\.csv: missing column\(s\) height, multi_object_parallel"):
+        plot_table(table, "3DSRBench", tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_table_plot_rejects_an_empty_table_and_text_values(tmp_path):
+    empty = write_table(tmp_path / "empty.csv", "CV-Bench-3D", models=())
+    with pytest.raises(DataError, match=r"empty\.csv: no rows"):
+        plot_table(empty, "CV-Bench-3D", tmp_path / "out.png")
+    text = tmp_path / "text.csv"
+    pd.DataFrame([{"model": "m", "overall": "high", "Depth": 1.0, "Distance": 2.0}]).to_csv(text, index=False)
+    with pytest.raises(DataError, match=r"text\.csv: column overall holds non-numeric values"):
+        plot_table(text, "CV-Bench-3D", tmp_path / "out.png")
+    with pytest.raises(DataError, match=r"absent\.csv: missing"):
+        plot_table(tmp_path / "absent.csv", "CV-Bench-3D", tmp_path / "out.png")
+    with pytest.raises(ConfigError, match="unknown benchmark"):
+        plot_table(text, "MMBench", tmp_path / "out.png")
+
+
+def test_grpo_training_curves(tmp_path):
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps(grpo_state()))
+    history = grpo_state()["log_history"]
+    assert reward_names(history) == ["accuracy_reward", "format_reward"]
+    steps, loss = series(history, "loss")
+    assert len(steps) == 60 and loss[0] == pytest.approx(-0.01)  # the closing summary is not a loss point
+    out = plot_training(state, tmp_path / "training" / "run.png", run="SpatialReasoner", stage="grpo")
+    width, height = assert_png(out)
+    assert width > 12 * DPI  # three panels: loss, learning rate, rewards
+
+
+def test_sft_training_curves(tmp_path):
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps(sft_state()))
+    width, _ = assert_png(plot_training(state, tmp_path / "sft.png", run="SpatialReasoner-SFT", stage="sft"))
+    assert width < 12 * DPI  # two panels
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"log_history": []}, "log_history is empty"),
+        ({"global_step": 3}, "a list of entries under 'log_history'"),
+        ({"log_history": [{"step": 1, "learning_rate": 1e-5}]}, "no log_history entry has a numeric 'step' and 'loss'"),
+        ({"log_history": [{"step": 1, "loss": 1.0}]}, "'learning_rate'"),
+    ],
+)
+def test_bad_trainer_state_names_the_file(tmp_path, content, message):
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps(content))
+    with pytest.raises(DataError, match=rf"trainer_state\.json: .*{message}"):
+        plot_training(state, tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_grpo_run_without_rewards_and_unreadable_state(tmp_path):
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps(sft_state()))
+    with pytest.raises(DataError, match=r"trainer_state\.json: a GRPO run's log_history has no 'rewards/<name>/mean'"):
+        plot_training(state, tmp_path / "out.png", stage="grpo")
+    state.write_text("{not json")
+    with pytest.raises(DataError, match=r"trainer_state\.json: cannot read as JSON"):
+        plot_training(state, tmp_path / "out.png")
+    with pytest.raises(DataError, match=r"missing\.json: missing"):
+        plot_training(tmp_path / "missing.json", tmp_path / "out.png")
+
+
+def test_cli_draws_both_figures_and_reports_bad_input_in_one_line(tmp_path):
+    table = write_table(tmp_path / "3DSRBench.csv", "3DSRBench")
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps(grpo_state(steps=5)))
+    cli = [sys.executable, "-m", "spatialreasoner.cli", "plots"]
+    args = ["--paper", json.dumps(PAPER), "--paper-names", json.dumps(NAMES)]
+    table_cmd = [*cli, "table", "--table", str(table), "--benchmark", "3DSRBench", "--out", str(tmp_path / "t.png")]
+    subprocess.run([*table_cmd, *args], check=True, capture_output=True)
+    assert_png(tmp_path / "t.png")
+    train = [*cli, "training", "--trainer-state", str(state), "--run", "r", "--stage", "grpo"]
+    subprocess.run([*train, "--out", str(tmp_path / "r.png")], check=True, capture_output=True)
+    assert_png(tmp_path / "r.png")
+    state.write_text(json.dumps({"log_history": []}))
+    proc = subprocess.run([*train, "--out", str(tmp_path / "bad.png")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"{state}: log_history is empty" in proc.stderr
