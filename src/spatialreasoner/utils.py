@@ -104,3 +104,30 @@ def redact(text: str) -> str:
         if value:
             text = text.replace(value, "***")
     return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for logs and records: userinfo (``user:password@``) removed, query parameter values and any
+    fragment replaced by ``***`` (a bare query item, which may itself be a token, becomes ``***``), and the values of
+    secret environment variables replaced as by :func:`redact`. Plain paths come back unchanged."""
+    import re
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = str(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket: strip what looks like userinfo and every query value
+        url = re.sub(r"(//)[^/?#@\s]*@", r"\1", url)
+        return redact(re.sub(r"([?&;][^=&;#\s]+=)[^&;#\s]*", r"\1***", url))
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return redact(url)
+
+    def item(text: str) -> str:
+        key, sep, value = text.partition("=")
+        if sep:
+            return f"{key}={'***' if value else ''}"
+        return "***" if text else text
+
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(item(p) for p in parts.query.split("&")) if parts.query else ""
+    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, "***" if parts.fragment else "")))
