@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/snakemake --configfile config/demo.yaml "$@"
+# The rules call the `spatialreasoner` command: run with the environment active so that jobs find it.
+source .venv/bin/activate
+snakemake --configfile config/demo.yaml "$@"
 echo "tables: results/tables/ (summary: results/tables/summary.md)"
