@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.evaluate.score import TABLE_COLUMNS
 from spatialreasoner.taxonomy import BENCHMARKS, CVB, CVB_CATEGORIES, SRB, SRB_SUBTYPES, SRB_TYPES
-from spatialreasoner.utils import atomic_path
+from spatialreasoner.utils import atomic_path, json_object_arg
 
 log = logging.getLogger(__name__)
 
@@ -280,13 +280,6 @@ def _save(fig: Figure, out: str | Path) -> Path:
     return out
 
 
-def _json_arg(value: str, flag: str):
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{flag} must be JSON: {exc}") from exc
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="figure", required=True, metavar="FIGURE")
     table = sub.add_parser("table", help="bar plot of a benchmark table", description="bar plot of a benchmark table")
@@ -306,8 +299,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.figure == "table":
-        paper = _json_arg(args.paper, "--paper")
-        names = _json_arg(args.paper_names, "--paper-names")
+        paper = json_object_arg(args.paper, "--paper")
+        names = json_object_arg(args.paper_names, "--paper-names")
         out = plot_table(args.table, args.benchmark, args.out, paper, names)
     else:
         out = plot_training(args.trainer_state, args.out, run=args.run, stage=args.stage)

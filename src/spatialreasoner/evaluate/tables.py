@@ -6,7 +6,6 @@ Each score folder holds the table row(s) that ``spatialreasoner score`` wrote; t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,7 @@ import pandas as pd
 
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.evaluate.score import BENCHMARKS, PER_ROW_FILE, SRB, TABLE_COLUMNS, TABLE_FILE
-from spatialreasoner.utils import atomic_path
+from spatialreasoner.utils import atomic_path, json_object_arg
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +183,8 @@ def run(args: argparse.Namespace) -> int:
         if model in scores[bench]:
             raise ConfigError(f"--score {bench}:{model} given twice")
         scores[bench][model] = path
-    try:
-        paper = json.loads(args.paper)
-        names = json.loads(args.paper_names)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--paper / --paper-names must be JSON: {exc}") from exc
+    paper = json_object_arg(args.paper, "--paper")
+    names = json_object_arg(args.paper_names, "--paper-names")
     written = write_tables(scores, args.out, paper, names)
     for key, path in written.items():
         print(f"{key}: {path}")

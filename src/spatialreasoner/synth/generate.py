@@ -38,7 +38,7 @@ from spatialreasoner.errors import ConfigError
 from spatialreasoner.synth.questions import CATEGORIES_CVBENCH3D, SUBTYPES_3DSRBENCH, Question, ask
 from spatialreasoner.synth.render import encode_jpeg, render
 from spatialreasoner.synth.scene import Scene, mirror, sample_scene
-from spatialreasoner.utils import atomic_path
+from spatialreasoner.utils import atomic_path, json_object_arg
 
 log = logging.getLogger(__name__)
 
@@ -390,9 +390,5 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    try:
-        cfg = json.loads(args.config)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config is not valid JSON: {exc}") from exc
-    generate(args.out, cfg)
+    generate(args.out, json_object_arg(args.config, "--config"))
     return 0

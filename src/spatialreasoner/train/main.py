@@ -12,7 +12,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from spatialreasoner.errors import ConfigError, SpatialReasonerError
+from spatialreasoner.errors import SpatialReasonerError
+from spatialreasoner.utils import json_object_arg
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--min-pixels", type=int, default=None)
     parser.add_argument("--max-pixels", type=int, default=None)
-
-
-def _json_arg(text: str, what: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ConfigError(f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def table_rows(path: Path) -> int:
@@ -234,8 +225,8 @@ def run(args: argparse.Namespace) -> int:
     import transformers
 
     transformers.utils.logging.set_verbosity_info()
-    run_cfg = _json_arg(args.run_config, "--run-config")
-    prompts = _json_arg(args.prompts, "--prompts")
+    run_cfg = json_object_arg(args.run_config, "--run-config")
+    prompts = json_object_arg(args.prompts, "--prompts")
     train(
         args.run_name,
         run_cfg,
