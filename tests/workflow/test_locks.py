@@ -46,7 +46,7 @@ def pins_of(reqs: list[str]) -> dict[str, str]:
     for req in reqs:
         name, sep, version = req.partition("==")
         assert sep and version, f"pyproject.toml: {req!r} is not pinned with =="
-        out[norm(name)] = version
+        out[norm(name.split("[")[0])] = version
     return out
 
 
