@@ -24,6 +24,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/checkpoints.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -32,3 +33,5 @@ rule all:
     input:
         final_tables(),
         final_plots(),
+        checkpoint_outputs(),
+        "results/report/report.html",

@@ -123,7 +123,8 @@ def bench_inference(tmp: Path, n_rows: int, max_new_tokens: int, batch_sizes: li
     for bs in batch_sizes:
         settings = {"model": str(model), "max_new_tokens": max_new_tokens, "batch_size": bs, "on_bad_image": "error"}
         marks: list[float] = []
-        generate_rows(rows, settings, device, lambda done, bad, marks=marks: marks.append(time.perf_counter()))
+        gpus = None if device == "cpu" else [int(device.partition(":")[2] or 0)]
+        generate_rows(rows, settings, gpus, lambda done, bad, marks=marks: marks.append(time.perf_counter()))
         # time from the end of the first batch (model loaded, warmed up) to the end of the last
         first_batch_rows = min(bs, n_rows)
         rate = (n_rows - first_batch_rows) / (marks[-1] - marks[0]) if len(marks) > 1 else float("nan")

@@ -26,9 +26,20 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare-benchmark": ("spatialreasoner.data.benchmarks", "validate a VLMEvalKit benchmark TSV"),
     "train": ("spatialreasoner.train.main", "run one SFT or GRPO training run"),
     "infer": ("spatialreasoner.evaluate.infer", "generate predictions of a model on a benchmark"),
+    "judge": ("spatialreasoner.evaluate.judge", "decide the replies the option matcher cannot, with an LLM judge"),
     "score": ("spatialreasoner.evaluate.score", "score predictions with VLMEvalKit's option matcher"),
     "tables": ("spatialreasoner.evaluate.tables", "write the paper's tables from scores"),
+    "checkpoint-model": (
+        "spatialreasoner.evaluate.checkpoint_model",
+        "copy a finished run's intermediate checkpoint into a model folder for evaluation",
+    ),
+    "checkpoint-table": (
+        "spatialreasoner.evaluate.checkpoints",
+        "collect the accuracy of every evaluated training step with its interval",
+    ),
+    "report": ("spatialreasoner.report", "write the workflow's results as one self-contained HTML page"),
     "plots": ("spatialreasoner.evaluate.plots", "draw the report's figures: benchmark tables and training curves"),
+    "gpu-check": ("spatialreasoner.gpucheck.main", "time SFT, GRPO and inference at the paper's shapes on one GPU"),
 }
 
 

@@ -143,12 +143,154 @@ def check_run(name: str, run: Mapping, prompts: Mapping) -> None:
             f"config key runs.{name}.vllm.server_gpus: the vLLM server takes {vllm.get('server_gpus', 1)} of the "
             f"job's {gpus} GPUs (resources.gpus), leaving none to train; expected resources.gpus > server_gpus"
         )
+    logprob_t = run.get("logprob_temperature")
+    if (
+        run.get("stage") == "grpo"
+        and vllm.get("mode") is not None
+        and vllm.get("importance_sampling_correction", True)
+        and logprob_t is not None
+        and logprob_t != run.get("temperature", 0.9)
+    ):
+        raise ConfigError(
+            f"config key runs.{name}.logprob_temperature: {logprob_t} differs from the sampling temperature "
+            f"{run.get('temperature', 0.9)}, which biases vLLM's importance-sampling correction (its log-probs are "
+            "at the sampling temperature); expected vllm.importance_sampling_correction: false (the official "
+            "trainer had none) or logprob_temperature: null"
+        )
     for key in run.get("trainer_args") or {}:
         if SECRET_KEY_PATTERN.search(key):
             raise ConfigError(
                 f"config key runs.{name}.trainer_args.{key}: secrets do not belong in the configuration (it is "
                 "copied into job scripts, logs and run.json); set them in the environment (e.g. HF_TOKEN)"
             )
+
+
+#: TRL config fields the workflow sets itself (the run's folder, length, checkpoints, logging, seed, device):
+#: ``trainer_args`` may not override them.
+WORKFLOW_TRAINER_ARGS = frozenset(
+    {"output_dir", "overwrite_output_dir", "run_name", "max_steps", "save_strategy", "logging_strategy",
+     "logging_first_step", "logging_dir", "seed", "data_seed", "use_cpu", "resume_from_checkpoint", "save_only_model",
+     "remove_unused_columns", "dataset_kwargs", "disable_tqdm", "push_to_hub", "hub_model_id", "hub_strategy",
+     "deepspeed", "local_rank", "eval_strategy", "do_train", "gradient_checkpointing_kwargs",
+     "activation_checkpointing_kwargs"}
+)  # fmt: skip
+#: TRL config fields that a run key sets: ``trainer_args`` naming one points to the run key instead.
+RUN_KEY_OF_TRAINER_ARG = {
+    "num_train_epochs": "num_train_epochs", "learning_rate": "learning_rate", "lr_scheduler_type": "lr_scheduler_type",
+    "warmup_ratio": "warmup_ratio", "warmup_steps": "warmup_ratio",
+    "per_device_train_batch_size": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "max_grad_norm": "max_grad_norm",
+    "weight_decay": "weight_decay", "bf16": "precision", "fp16": "precision",
+    "gradient_checkpointing": "gradient_checkpointing", "activation_checkpointing": "gradient_checkpointing",
+    "save_steps": "save_steps", "save_total_limit": "save_total_limit", "logging_steps": "logging_steps",
+    "report_to": "report_to", "dataloader_num_workers": "dataloader_num_workers", "max_length": "max_length",
+    "assistant_only_loss": "assistant_only_loss", "num_generations": "num_generations",
+    "max_completion_length": "max_completion_length", "max_prompt_length": "max_prompt_length", "beta": "beta",
+    "temperature": "temperature", "loss_type": "loss_type", "scale_rewards": "scale_rewards",
+    "reward_weights": "reward_weights", "log_completions": "log_completions", "use_vllm": "vllm.mode",
+    "vllm_mode": "vllm.mode", "vllm_gpu_memory_utilization": "vllm.gpu_memory_utilization",
+    "vllm_importance_sampling_correction": "vllm.importance_sampling_correction",
+}  # fmt: skip
+
+
+def trainer_config_fields(stage: str) -> tuple[str, set[str]]:
+    """(class name, field names) of TRL's config class for ``stage`` (imports TRL: only called when needed)."""
+    import dataclasses
+
+    from trl import GRPOConfig, SFTConfig
+
+    cls = SFTConfig if stage == "sft" else GRPOConfig
+    return cls.__name__, {f.name for f in dataclasses.fields(cls)}
+
+
+def _close(name: str, candidates) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.75)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def check_trainer_args(name: str, run: Mapping) -> None:
+    """``trainer_args`` names fields of TRL's config class for the run's stage, and none the workflow sets."""
+    extra = run.get("trainer_args") or {}
+    where = f"config key runs.{name}.trainer_args"
+    for key in extra:
+        if key in WORKFLOW_TRAINER_ARGS:
+            raise ConfigError(
+                f"{where}.{key}: set by the workflow itself (the run's checkpoint folder, length, saving, logging, "
+                "seed and device follow from the run's keys); remove it"
+            )
+        if key in RUN_KEY_OF_TRAINER_ARG:
+            raise ConfigError(f"{where}.{key}: has a run key of its own; set runs.{name}.{RUN_KEY_OF_TRAINER_ARG[key]}")
+    if extra:
+        cls, fields = trainer_config_fields(run["stage"])
+        for key in extra:
+            if key not in fields:
+                raise ConfigError(f"{where}.{key}: not a field of TRL's {cls} (the {run['stage']} trainer's config)"
+                                  f"{_close(key, fields)}")  # fmt: skip
+
+
+def check_grpo_batch(name: str, run: Mapping) -> None:
+    """A GRPO step's completions (per device x processes x accumulation) must be whole groups of num_generations."""
+    from spatialreasoner.train.launch import training_processes
+
+    if run.get("stage") != "grpo":
+        return
+    nodes = int((run.get("resources") or {}).get("nodes", 1) or 1)
+    processes = max(1, training_processes(run)) * nodes
+    per_device, accumulation = run.get("per_device_train_batch_size", 1), run.get("gradient_accumulation_steps", 1)
+    generations = run.get("num_generations", 4)
+    completions = per_device * processes * accumulation
+    if completions % generations:
+        raise ConfigError(
+            f"config key runs.{name}.per_device_train_batch_size: run {name} makes {completions} completions per step "
+            f"(per_device_train_batch_size {per_device} x {processes} training process(es) x "
+            f"gradient_accumulation_steps {accumulation}), not a multiple of runs.{name}.num_generations "
+            f"({generations}); expected whole groups of {generations} completions per prompt"
+        )
+
+
+def check_prompts(config: Mapping, schema_prompts=("system", "reasoning_3d")) -> None:
+    """A ``prompts`` key is one the workflow knows or one a run refers to; anything else is most likely a typo."""
+    referenced = {
+        run.get(key) for run in config.get("runs", {}).values() for key in ("system_prompt", "instruction")
+    } - {None}
+    for key in config.get("prompts") or {}:
+        if key not in schema_prompts and key not in referenced:
+            raise ConfigError(
+                f"config key prompts.{key}: not a prompt the workflow uses ({', '.join(schema_prompts)}) and no run "
+                f"refers to it (runs.<run>.system_prompt or instruction){_close(key, schema_prompts)}"
+            )
+
+
+def check_pixel_limits(node, parts=()) -> None:
+    """Wherever a mapping sets both ``min_pixels`` and ``max_pixels`` (vision, evaluate, a tiny model), min <= max."""
+    if isinstance(node, Mapping):
+        low, high = node.get("min_pixels"), node.get("max_pixels")
+        if isinstance(low, int) and isinstance(high, int) and low > high:
+            raise ConfigError(
+                f"config key {key_path([*parts, 'min_pixels'])}: {low} is greater than "
+                f"{key_path([*parts, 'max_pixels'])} ({high}); expected min_pixels <= max_pixels"
+            )
+        for key, value in node.items():
+            if key != "paper":
+                check_pixel_limits(value, (*parts, key))
+
+
+def check_image_columns(config: Mapping) -> None:
+    """The image sets of a dataset name different annotation columns (else the second would silently win)."""
+    images = config.get("images", {})
+    for name, dataset in config.get("datasets", {}).items():
+        seen: dict[str, str] = {}
+        for i, image_set in enumerate(dataset.get("images", [])):
+            column = (images.get(image_set) or {}).get("column", "image_filename")
+            if column in seen:
+                raise ConfigError(
+                    f"config key datasets.{name}.images[{i}]: image sets {seen[column]!r} and {image_set!r} both "
+                    f"name the annotation column {column!r} (images.{image_set}.column); expected one image set per "
+                    "column (image_filename: 3D QA rows, image_path: LLaVA rows)"
+                )
+            seen[column] = image_set
 
 
 def check_semantics(config: Mapping) -> None:
@@ -177,10 +319,15 @@ def check_semantics(config: Mapping) -> None:
                     f"config key datasets.{name}.images[{i}]: {image_set!r} is not an image set; "
                     f"expected one of {sorted(config.get('images', {}))}"
                 )
+    check_image_columns(config)
+    check_pixel_limits(config)
+    check_prompts(config)
     datasets = config.get("datasets", {})
     prompts = config.get("prompts", {})
     for name, run in config.get("runs", {}).items():
         check_run(name, run, prompts)
+        check_grpo_batch(name, run)
+        check_trainer_args(name, run)
         if run["data"] not in datasets:
             raise ConfigError(
                 f"config key runs.{name}.data: {run['data']!r} is not a dataset; expected one of {sorted(datasets)}"
@@ -223,24 +370,91 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
-def load_config(path: str | Path) -> dict:
+def _refuse_duplicate_keys(node, path: Path, parts: list) -> None:
+    """Walk a composed YAML node; a mapping that repeats a key is a ConfigError naming its full key path."""
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            if key == "<<":  # a YAML merge key may repeat; its mappings are checked where they are defined
+                continue
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(
+                    f"config file {path}, line {line}: config key {key_path([*parts, key])} is given twice "
+                    f"(first at line {first_line[key]}); YAML keeps only the last value, so remove one"
+                )
+            first_line[key] = line
+            _refuse_duplicate_keys(value_node, path, [*parts, key])
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, path, [*parts, i])
+
+
+def load_yaml_strict(path: str | Path):
+    """A YAML (or JSON) config file's content, refusing repeated keys (which plain loaders resolve silently by
+    keeping the last value). Raises ConfigError naming the file, the line and the key's full path."""
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, path, [])
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+
+
+def check_config_files(paths) -> None:
+    """Load every config file strictly (duplicate keys refused); used by the Snakefile on ``workflow.configfiles``,
+    which Snakemake itself loads keeping the last of repeated keys."""
+    for path in paths:
+        load_yaml_strict(path)
+
+
+def merge_configs(base: dict, update: Mapping) -> dict:
+    """Merge ``update`` into ``base`` as Snakemake merges several ``--configfile``s (mappings recursively)."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge_configs(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def load_config(*paths: str | Path) -> dict:
+    """The validated configuration of one or several config files (later files merged into earlier ones)."""
+    if not paths:
+        raise ConfigError("no config file given")
+    config: dict = {}
+    for path in paths:
+        content = load_yaml_strict(path)
+        if not isinstance(content, dict):
+            raise ConfigError(f"config file {path}: the configuration must be a mapping, got {type(content).__name__}")
+        merge_configs(config, content)
     try:
         return validate_config(config)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{', '.join(map(str, paths))}: {exc}") from exc
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("configfile", help="a config YAML file, e.g. config/config.yaml")
+    parser.add_argument(
+        "configfile",
+        nargs="+",
+        help="config YAML file(s), e.g. config/config.yaml (later ones merged in, as Snakemake)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
-    config = load_config(args.configfile)
+    config = load_config(*args.configfile)
     print(yaml.safe_dump(config, sort_keys=False, width=120))

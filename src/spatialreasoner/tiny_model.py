@@ -12,6 +12,7 @@ import logging
 from importlib.resources import files
 from pathlib import Path
 
+from spatialreasoner.modeling import with_weight_hashes
 from spatialreasoner.utils import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,17 @@ QWEN2_PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
+# Head dimensions of 64 (text) and 64 (vision): vLLM's CPU attention rejects head dimensions below 32.
 DEFAULTS = {
     "vocab_size": 640,
-    "hidden_size": 64,
-    "intermediate_size": 128,
+    "hidden_size": 128,
+    "intermediate_size": 256,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
     "vision_depth": 2,
-    "vision_hidden_size": 32,
-    "vision_num_heads": 2,
+    "vision_hidden_size": 64,
+    "vision_num_heads": 1,
     "min_pixels": 28 * 28 * 4,
     "max_pixels": 28 * 28 * 25,
 }
@@ -223,9 +225,10 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, **overrides) -> Path:
     processor = build_processor(tokenizer, sizes["min_pixels"], sizes["max_pixels"])
     config = build_config(tokenizer, sizes)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in _TOKEN_IDS.items()}
     model.generation_config = GenerationConfig(
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
+        eos_token_id=ids["eos_token_id"],
+        pad_token_id=ids["pad_token_id"],
         do_sample=False,
     )
     n_params = sum(p.numel() for p in model.parameters())
@@ -233,7 +236,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, **overrides) -> Path:
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        write_json_atomic(tmp / "tiny_model.json", {"seed": seed, "parameters": n_params, **sizes})
+        record = {"seed": seed, "parameters": n_params, **sizes}
+        write_json_atomic(tmp / "tiny_model.json", with_weight_hashes(record, tmp))
     log.info("built tiny Qwen2.5-VL with %d parameters (vocab %d) in %s", n_params, len(tokenizer), out_dir)
     return out_dir
 

@@ -98,7 +98,7 @@ def test_missing_required_columns_are_named(layout):
     tmp, roots = layout
     rows = [{k: v for k, v in qa_row(0).items() if k not in ("answer_cot", "category")}]
     ann = write_split(tmp / "SFT" / "all", rows)
-    with pytest.raises(DataError, match=r"missing required columns for sft 3D QA rows: answer_cot, category$"):
+    with pytest.raises(DataError, match=r"missing required columns for sft 3D QA rows: answer_cot$"):
         canonicalize("sft", ann, roots, tmp / "o.parquet")
     rows = [{k: v for k, v in qa_row(0).items() if k != "answer_cot"}]
     ann = write_split(tmp / "RL" / "all", rows)
@@ -119,14 +119,23 @@ def test_missing_conversation_image_column(layout):
 
 def test_answer_must_name_an_option(layout):
     tmp, roots = layout
-    ann = write_split(tmp / "SFT" / "all", [qa_row(0), qa_row(1, answer="C")])
+    rl = [{k: v for k, v in qa_row(i, question_index=i).items() if k != "answer_cot"} for i in range(2)]
+    rl[1]["answer"] = "C"
+    ann = write_split(tmp / "RL" / "all", rl)
     with pytest.raises(DataError, match=r"row 1: answer 'C' is not one of its options \['A', 'B'\]"):
+        canonicalize("rl", ann, roots, tmp / "o.parquet")
+    bad_cot = qa_row(1, answer_cot="<think>far</think><answer>C</answer>")
+    del bad_cot["answer"]
+    ann = write_split(tmp / "SFT" / "all", [qa_row(0), bad_cot])
+    with pytest.raises(DataError, match=r"row 1: answer_cot's <answer>C</answer> names none of the options"):
         canonicalize("sft", ann, roots, tmp / "o.parquet")
+    assert not (tmp / "o.parquet").exists()
 
 
 def test_sft_open_question_without_options(layout):
     tmp, roots = layout
-    ann = write_split(tmp / "SFT" / "all", [qa_row(0, A=None, B=None, answer="(0.10, 0.20, 3.00)")])
+    cot = "<think>It is there.</think><answer>(0.10, 0.20, 3.00)</answer>"
+    ann = write_split(tmp / "SFT" / "all", [qa_row(0, A=None, B=None, answer="(0.10, 0.20, 3.00)", answer_cot=cot)])
     canonicalize("sft", ann, roots, tmp / "o.parquet")
     df = pd.read_parquet(tmp / "o.parquet")
     assert df.loc[0, "answer"] == "(0.10, 0.20, 3.00)" and pd.isna(df.loc[0, "A"])

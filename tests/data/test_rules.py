@@ -33,7 +33,12 @@ def test_paper_sources_are_downloads_and_snapshots(repo_root):
         assert cfg["sources"][name]["url"].startswith("https://huggingface.co/")
         assert rules.fetch_inputs(cfg, name) == []
         assert rules.source_path(cfg, name) == f"resources/downloads/{name}"
-    assert sorted(rules.repo_sources(cfg)) == ["SpatialReasonerTrain-RL", "SpatialReasonerTrain-SFT"]
+    assert sorted(rules.repo_sources(cfg)) == [
+        "OpenImages_3DSR_apr23_sampled24k_NT_llava_24k",
+        "OpenImages_3DSR_mar16_filtered1200",
+        "SpatialReasonerTrain-RL",
+        "SpatialReasonerTrain-SFT",
+    ]
     assert rules.source_path(cfg, "SpatialReasonerTrain-SFT") == "resources/snapshots/SpatialReasonerTrain-SFT"
 
 

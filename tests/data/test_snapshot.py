@@ -77,7 +77,13 @@ def test_pinned_commit_needs_no_lock(hub, tmp_path):
         "token": False,
         "patterns": ["*.json"],
     }
-    assert not snap.lock_path(out).exists() and hub.resolved == 0
+    assert hub.resolved == 0
+    # a model's lock records the weights' sha256 (none here: the fake repository holds no weight file)
+    lock = json.loads(snap.lock_path(out).read_text())
+    assert lock["commit"] == COMMIT_B and lock["weights_sha256"] == {}
+    data = tmp_path / "d"
+    snap.snapshot("ccvl/SFT", COMMIT_B, "dataset", data)
+    assert not snap.lock_path(data).exists() and hub.resolved == 0
 
 
 def test_lock_for_another_revision_is_an_error(hub, tmp_path):

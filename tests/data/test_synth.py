@@ -221,6 +221,30 @@ def test_unknown_config_keys_are_errors():
         resolve_config({"objects": [1, 2]})
 
 
+def test_cot_decimals_round_lengths_but_keep_directions_and_cosines(tmp_path):
+    generate(tmp_path / "two", SMALL)
+    generate(tmp_path / "zero", {**SMALL, "cot_decimals": 0})
+    sft = "SpatialReasonerTrain-SFT/all/train-00000-of-00001.parquet"
+    two = pd.read_parquet(tmp_path / "two" / sft).dropna(subset=["answer_cot"])
+    zero = pd.read_parquet(tmp_path / "zero" / sft).dropna(subset=["answer_cot"])
+    assert (two["answer"].tolist(), two["question"].tolist()) == (zero["answer"].tolist(), zero["question"].tolist())
+    for cot2, cot0 in zip(two["answer_cot"], zero["answer_cot"], strict=True):
+        for (x2, y2, z2), (x0, y0, z0) in zip(
+            re.findall(r"3D location of .*? is \((\S+), (\S+), (\S+)\)", cot2),
+            re.findall(r"3D location of .*? is \((\S+), (\S+), (\S+)\)", cot0),
+            strict=True,
+        ):
+            assert "." not in x0 + y0 + z0
+            assert all(abs(float(a) - float(b)) <= 0.51 for a, b in ((x2, x0), (y2, y0), (z2, z0)))
+        # unit directions and cosines keep two decimals
+        assert re.findall(r"(?:direction of [^.]*? is \(.*?\)|cosine similarity .*? is -?\d+\.\d\d)", cot2) == (
+            re.findall(r"(?:direction of [^.]*? is \(.*?\)|cosine similarity .*? is -?\d+\.\d\d)", cot0)
+        )
+    assert len("".join(zero["answer_cot"])) < len("".join(two["answer_cot"]))
+    with pytest.raises(ConfigError, match=r"synthetic.cot_decimals: expected an integer from 0 to 4"):
+        resolve_config({"cot_decimals": 7})
+
+
 def test_cli_reports_bad_json(tmp_path, capsys):
     from spatialreasoner.cli import main
 

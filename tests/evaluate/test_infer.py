@@ -93,7 +93,14 @@ def test_resume_generates_only_missing_rows(tiny_model_dir, bench_tsv, tmp_path)
     infer.prepare_shard_dir(
         shard_dir,
         infer._fingerprint(
-            {"system_prompt": None, "max_new_tokens": 6, "min_pixels": None, "max_pixels": None, "dtype": "auto"},
+            {
+                "system_prompt": None,
+                "max_new_tokens": 6,
+                "min_pixels": None,
+                "max_pixels": None,
+                "dtype": "auto",
+                "backend": "hf",
+            },
             tiny_model_dir,
             bench_tsv,
         ),
@@ -112,7 +119,14 @@ def test_stale_shards_are_discarded(tiny_model_dir, bench_tsv, tmp_path):
     infer.prepare_shard_dir(
         shard_dir,
         infer._fingerprint(
-            {"system_prompt": None, "max_new_tokens": 99, "min_pixels": None, "max_pixels": None, "dtype": "auto"},
+            {
+                "system_prompt": None,
+                "max_new_tokens": 99,
+                "min_pixels": None,
+                "max_pixels": None,
+                "dtype": "auto",
+                "backend": "hf",
+            },
             tiny_model_dir,
             bench_tsv,
         ),
@@ -276,7 +290,7 @@ def test_trained_model_round_trip(tiny_model_dir, bench_tsv, tmp_path):
         param.requires_grad = "visual" not in name  # the vision tower need not learn anything here
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    for _ in range(40):
+    for _ in range(80):  # the tiny model (text hidden 128) needs about 80 steps at this rate
         loss = model(**batch, labels=labels).loss
         loss.backward()
         optimizer.step()

@@ -10,16 +10,23 @@ from PIL import Image
 
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.evaluate.plots import DPI, plot_table, plot_training, reward_names, series
-from spatialreasoner.evaluate.score import TABLE_COLUMNS
+from spatialreasoner.evaluate.tables import TABLE_COLUMNS, csv_columns
 
 PAPER = {"3DSRBench": {"SpatialReasoner": {"overall": 60.3, "height": 52.5, "location": 75.2}}}
-NAMES = {"ours": "SpatialReasoner", "base": None, "random": None}
+NAMES = {"ours": "SpatialReasoner", "base": None}
 
 
-def write_table(path, benchmark, models=("ours", "base", "random"), drop=()):
-    columns = [c for c in TABLE_COLUMNS[benchmark] if c not in drop]
-    rows = [{"model": m, **{c: (10.0 * i + 3 * j) % 100 for j, c in enumerate(columns)}} for i, m in enumerate(models)]
-    pd.DataFrame(rows, columns=["model", *columns]).to_csv(path, index=False)
+def write_table(path, benchmark, models=("ours", "base", "chance (expected)"), drop=()):
+    """A table in the layout `spatialreasoner tables` writes (counts, then each accuracy with its interval)."""
+    rows = []
+    for i, m in enumerate(models):
+        row = {"model": m, "rows": 40, "groups": 10, "unmatched (%)": 5.0}
+        for j, c in enumerate(TABLE_COLUMNS[benchmark]):
+            value = (10.0 * i + 3 * j) % 90 + 5
+            row |= {c: value, f"{c} ci_low": value - 4, f"{c} ci_high": value + 4}
+        rows.append(row)
+    columns = [c for c in csv_columns(benchmark) if not any(c == d or c.startswith(f"{d} ") for d in drop)]
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
     return path
 
 
@@ -72,7 +79,7 @@ def test_table_plot_without_paper_numbers(tmp_path):
 
 def test_table_plot_names_the_missing_columns(tmp_path):
     table = write_table(tmp_path / "3DSRBench.csv", "3DSRBench", drop=("height", "multi_object_parallel"))
-    with pytest.raises(DataError, match=r"3DSRBench\.csv: missing column\(s\) height, multi_object_parallel"):
+    with pytest.raises(DataError, match=r"3DSRBench\.csv: columns differ .*missing height, height ci_low"):
         plot_table(table, "3DSRBench", tmp_path / "out.png")
     assert not (tmp_path / "out.png").exists()
 
@@ -81,10 +88,19 @@ def test_table_plot_rejects_an_empty_table_and_text_values(tmp_path):
     empty = write_table(tmp_path / "empty.csv", "CV-Bench-3D", models=())
     with pytest.raises(DataError, match=r"empty\.csv: no rows"):
         plot_table(empty, "CV-Bench-3D", tmp_path / "out.png")
-    text = tmp_path / "text.csv"
-    pd.DataFrame([{"model": "m", "overall": "high", "Depth": 1.0, "Distance": 2.0}]).to_csv(text, index=False)
-    with pytest.raises(DataError, match=r"text\.csv: column overall holds non-numeric values"):
+    text = write_table(tmp_path / "text.csv", "CV-Bench-3D", models=("m",))
+    df = pd.read_csv(text)
+    df["Depth"] = df["Depth"].astype(object)
+    df.loc[0, "Depth"] = "high"
+    df.to_csv(text, index=False)
+    with pytest.raises(DataError, match=r"text\.csv: column Depth holds values that are not accuracies"):
         plot_table(text, "CV-Bench-3D", tmp_path / "out.png")
+    over = write_table(tmp_path / "over.csv", "CV-Bench-3D", models=("m",))
+    df = pd.read_csv(over)
+    df.loc[0, "Distance ci_high"] = 400.0  # a cut or edited number
+    df.to_csv(over, index=False)
+    with pytest.raises(DataError, match=r"over\.csv: column Distance ci_high holds values that are not accuracies"):
+        plot_table(over, "CV-Bench-3D", tmp_path / "out.png")
     with pytest.raises(DataError, match=r"absent\.csv: missing"):
         plot_table(tmp_path / "absent.csv", "CV-Bench-3D", tmp_path / "out.png")
     with pytest.raises(ConfigError, match="unknown benchmark"):

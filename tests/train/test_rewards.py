@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from spatialreasoner.errors import ConfigError
@@ -16,23 +18,36 @@ def msg(text):
 # --- format ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("<think>a</think><answer>B</answer>", 1.0),
-        ("<think>line 1\nline 2</think>\n  <answer>\nB\n</answer>", 1.0),
-        ("<think></think><answer></answer>", 1.0),
-        ("<answer>B</answer>", 0.0),
-        ("<think>a</think>", 0.0),
-        (" <think>a</think><answer>B</answer>", 0.0),
-        ("<think>a</think> text <answer>B</answer>", 0.0),
-        # The official MULTILINE `$` accepted text after the answer on a later line; the whole completion must match.
-        ("<think>a</think><answer>B</answer>\nmore text", 0.0),
-        ("", 0.0),
-    ],
-)
-def test_format_reward(text, expected):
-    assert R.format_reward([msg(text)]) == [expected]
+# (text, official `format`, `format_strict`)
+FORMAT_CASES = [
+    ("<think>a</think><answer>B</answer>", 1.0, 1.0),
+    ("<think>line 1\nline 2</think>\n  <answer>\nB\n</answer>", 1.0, 1.0),
+    ("<think></think><answer></answer>", 1.0, 1.0),
+    ("<answer>B</answer>", 0.0, 0.0),
+    ("<think>a</think>", 0.0, 0.0),
+    (" <think>a</think><answer>B</answer>", 0.0, 0.0),
+    ("\n<think>a</think><answer>B</answer>", 0.0, 0.0),
+    ("<think>a</think> text <answer>B</answer>", 0.0, 0.0),
+    # The official MULTILINE `$` matches before a newline: a trailing newline and later lines pass `format`.
+    ("<think>x</think><answer>A</answer>\n", 1.0, 0.0),
+    ("<think>a</think><answer>B</answer>\nmore text", 1.0, 0.0),
+    ("<think>a</think><answer>B</answer>\nmore text\n", 1.0, 0.0),
+    # Both patterns' lazy `.*?` may run on to a later `</answer>` (DOTALL).
+    ("<think>a</think><answer>B</answer>\n\n<answer>C</answer>", 1.0, 1.0),
+    # ... but not text after `</answer>` on its own line, unless a later line ends with `</answer>` again.
+    ("<think>a</think><answer>B</answer> more", 0.0, 0.0),
+    ("<think>a</think><answer>B</answer> more\nthen</answer>", 1.0, 1.0),
+    ("", 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("text, official, strict", FORMAT_CASES)
+def test_format_reward_is_the_official_regex(text, official, strict):
+    assert R.format_reward([msg(text)]) == [official]
+    assert R.strict_format_reward([msg(text)]) == [strict]
+    # The official check, verbatim, on the same text.
+    verbatim = re.match(r"^<think>.*?</think>\s*<answer>.*?</answer>$", text, re.DOTALL | re.MULTILINE)
+    assert (verbatim is not None) == (official == 1.0)
 
 
 def test_format_reward_accepts_plain_strings_and_odd_inputs():
@@ -166,6 +181,7 @@ def test_process_unknown_category_and_odd_input_score_zero():
 
 def test_registry_and_module_function():
     assert R.resolve_reward("format") is R.format_reward
+    assert R.resolve_reward("format_strict") is R.strict_format_reward
     assert R.resolve_reward("spatialreasoner.train.rewards:process_reward") is R.process_reward
     with pytest.raises(ConfigError, match="unknown reward 'nope'"):
         R.resolve_reward("nope")

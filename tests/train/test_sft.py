@@ -135,3 +135,27 @@ def test_conversation_without_image_needs_no_image_path():
     turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
     ex = sft_example({"source_row": 3, "kind": "conversation", "conversations": turns, "image": None}, TABLE)
     assert ex["images"] == [] and len(ex["messages"]) == 2
+
+
+def test_assistant_only_loss_trains_on_the_answers_under_this_transformers(tiny_model_dir, train_tables, tmp_path):
+    """``assistant_only_loss: true`` builds a trainer (TRL refuses its own for images under transformers < 5.18) whose
+    collator keeps the loss on the assistant turns alone, and one training step runs on it."""
+    from spatialreasoner.modeling import load_processor
+    from spatialreasoner.train import sft
+    from spatialreasoner.train.common import resolve_run_config, training_kwargs
+
+    from .conftest import FAST_SFT
+
+    cfg = resolve_run_config({**FAST_SFT, "stop_steps": 1, "assistant_only_loss": True})
+    processor = load_processor(tiny_model_dir)
+    kwargs = training_kwargs(cfg, tmp_path / "w", 1, 0, "a")
+    trainer = sft.build_trainer(cfg, kwargs, tiny_model_dir, train_tables["sft"], processor, [])
+    batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[9]])
+    tok = processor.tokenizer
+    for row_labels in batch["labels"]:
+        trained = tok.decode(row_labels[row_labels != -100])
+        assert trained and "<|im_start|>" not in trained and "user" not in trained
+    qa = tok.decode(batch["labels"][0][batch["labels"][0] != -100])
+    assert qa.startswith("<think>") and qa.endswith("</answer><|im_end|>")
+    trainer.train()
+    assert trainer.state.global_step == 1 and trainer.state.log_history[-1]["train_loss"] > 0

@@ -33,15 +33,43 @@ def demo_run(tmp_path_factory, copy_checkout):
 def test_demo_writes_both_tables_with_every_model(demo_run):
     work, config, _ = demo_run
     models = set(config["evaluate"]["models"])
-    threedsr = pd.read_csv(work / "results/tables/3DSRBench.csv")
-    assert list(threedsr.columns[:6]) == ["model", "overall", "height", "location", "orientation", "multi_object"]
-    assert models | {"random"} <= set(threedsr["model"])
-    assert threedsr[["overall", "height", "location", "orientation", "multi_object"]].stack().between(0, 100).all()
-    cvb = pd.read_csv(work / "results/tables/CV-Bench-3D.csv")
-    assert list(cvb.columns[:4]) == ["model", "overall", "Depth", "Distance"]
-    assert models | {"random"} <= set(cvb["model"])
+    rows = models | {"chance (expected)", f"random draw (seed {config['seed']})"}
+    threedsr = pd.read_csv(work / "results/tables/3DSRBench.csv").set_index("model")
+    assert list(threedsr.columns[:4]) == ["rows", "groups", "unmatched (%)", "overall"]
+    assert rows == set(threedsr.index)
+    for col in ("overall", "height", "location", "orientation", "multi_object"):
+        assert threedsr[col].between(0, 100).all()
+        assert (threedsr[f"{col} ci_low"] <= threedsr[col]).all() and (
+            threedsr[col] <= threedsr[f"{col} ci_high"]
+        ).all()
+    # every row rests on the whole benchmark
+    bench = pd.read_csv(work / "results/benchmarks/3DSRBench.tsv", sep="\t", usecols=["index"])
+    assert (threedsr["rows"] == len(bench)).all()
+    cvb = pd.read_csv(work / "results/tables/CV-Bench-3D.csv").set_index("model")
+    assert list(cvb.columns) >= ["overall (pooled)", "overall (mean of Depth and Distance)"]
+    assert rows == set(cvb.index)
+    assert cvb.loc["chance (expected)", "overall (pooled)"] == 50.0  # every CV-Bench-3D question has 2 options
     summary = (work / "results/tables/summary.md").read_text()
-    assert "60.3" in summary and "SpatialReasoner" in summary
+    assert "60.3" in summary and "SpatialReasoner" in summary and "Paired differences" in summary
+
+
+@pytest.mark.slow
+def test_demo_evaluates_checkpoints_and_writes_the_report(demo_run):
+    work, config, _ = demo_run
+    table = pd.read_csv(work / "results/tables/checkpoints.csv")
+    for run, steps in config["evaluate"]["checkpoints"].items():
+        part = table[table["run"] == run]
+        init = config["runs"][run]["init"]
+        expected = ([0] if init in config["evaluate"]["models"] else []) + list(steps)
+        expected.append(config["runs"][run]["stop_steps"])
+        assert sorted(set(part["step"])) == expected, (run, part)
+        assert (work / f"results/plots/checkpoints/{run}.png").is_file()
+        # the final step's accuracy is the final model's, as in the benchmark tables
+        final = part[part["step"] == config["runs"][run]["stop_steps"]].set_index("benchmark")["accuracy"]
+        srb = pd.read_csv(work / "results/tables/3DSRBench.csv").set_index("model")
+        assert final["3DSRBench"] == srb.loc[run, "overall"]
+    page = (work / "results/report/report.html").read_text()
+    assert page.count('<img class="thumb"') > 0 and "Configuration (resolved" in page
 
 
 @pytest.mark.slow

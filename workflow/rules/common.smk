@@ -1,20 +1,30 @@
 # Configuration checks and the input functions that turn the configuration into file names.
 
 import json
+import os
 import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from spatialreasoner.config import load_schema, run_order, validate_config
+from spatialreasoner.config import (
+    check_config_files,
+    load_schema,
+    run_order,
+    validate_config,
+)
 from spatialreasoner.errors import ConfigError
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
 try:
+    # Snakemake keeps the last of repeated keys in a config file: read the files it loaded again, strictly.
+    check_config_files(workflow.configfiles)
     validate_config(config, load_schema(SCHEMA))
 except ConfigError as exc:
-    raise WorkflowError(f"Invalid configuration (see config/README.md):\n{exc}") from None
+    raise WorkflowError(
+        f"Invalid configuration (see config/README.md):\n{exc}"
+    ) from None
 
 RUNS = run_order(config)
 RELEASED = list(config["released"])
@@ -22,6 +32,47 @@ TINY_MODELS = [name for name, spec in config["released"].items() if "tiny" in sp
 HUB_MODELS = [name for name, spec in config["released"].items() if "repo" in spec]
 BENCHMARKS = list(config["evaluate"]["benchmarks"])
 EVAL_MODELS = list(config["evaluate"]["models"])
+
+
+def checkpoint_steps():
+    """Intermediate checkpoints to evaluate, ``{run: [steps]}``, from ``evaluate.checkpoints`` (checked here, so a
+    step without a checkpoint stops the workflow before any job)."""
+    steps = {}
+    for run, spec in (config["evaluate"].get("checkpoints") or {}).items():
+        key = f"config key evaluate.checkpoints.{run}"
+        if run not in config["runs"] or run not in EVAL_MODELS:
+            raise WorkflowError(
+                f"{key}: {run!r} is not an evaluated run; expected one of runs in evaluate.models"
+            )
+        cfg = config["runs"][run]
+        save, stop = int(cfg.get("save_steps", 1000)), cfg.get("stop_steps")
+        if spec == "all":
+            if stop is None:
+                raise WorkflowError(
+                    f"{key}: 'all' needs runs.{run}.stop_steps; list the steps instead"
+                )
+            spec = list(range(save, int(stop), save))
+        bad = [s for s in spec if s % save or (stop is not None and s >= int(stop))]
+        if bad:
+            raise WorkflowError(
+                f"{key}: step(s) {bad} have no intermediate checkpoint; expected multiples of save_steps={save}"
+                + (
+                    f" below stop_steps={stop} (the final model is evaluated anyway)"
+                    if stop is not None
+                    else ""
+                )
+            )
+        steps[run] = sorted(set(spec))
+    return steps
+
+
+CHECKPOINT_STEPS = checkpoint_steps()
+# Evaluated intermediate checkpoints are models named "<run>@<step>" (results/checkpoint_models/<run>/step-<step>).
+CHECKPOINT_MODELS = {
+    f"{run}@{step}": (run, step)
+    for run, steps in CHECKPOINT_STEPS.items()
+    for step in steps
+}
 
 
 def alternatives(names):
@@ -40,6 +91,9 @@ def model_dir(name):
         return f"results/models/{name}"
     if name in config["released"]:
         return f"resources/models/{name}"
+    if name in CHECKPOINT_MODELS:
+        run, step = CHECKPOINT_MODELS[name]
+        return f"results/checkpoint_models/{run}/step-{step}"
     raise WorkflowError(f"{name!r} is neither a run nor a released model")
 
 
@@ -58,7 +112,63 @@ def evaluated_runs():
     return [run for run in RUNS if run in needed]
 
 
+def checkpoint_points():
+    """(run, step, benchmark, score folder) of every point of the curves: step 0 where the run's initial model is
+    evaluated, the intermediate checkpoints, and the final model at its stop step."""
+    points = []
+    for run, steps in CHECKPOINT_STEPS.items():
+        cfg = config["runs"][run]
+        models = [(0, cfg["init"])] if cfg["init"] in EVAL_MODELS else []
+        models += [(step, f"{run}@{step}") for step in steps]
+        if cfg.get("stop_steps") is not None:
+            models.append((int(cfg["stop_steps"]), run))
+        points += [
+            (run, step, bench, f"results/scores/{m}/{bench}")
+            for step, m in models
+            for bench in BENCHMARKS
+        ]
+    return points
+
+
+def checkpoint_outputs():
+    if not CHECKPOINT_STEPS:
+        return []
+    return ["results/tables/checkpoints.csv"] + [
+        f"results/plots/checkpoints/{run}.png" for run in CHECKPOINT_STEPS
+    ]
+
+
+def report_datasets():
+    """The training tables of the evaluated runs (and the runs they start from)."""
+    names = dict.fromkeys(config["runs"][run]["data"] for run in evaluated_runs())
+    return {name: f"results/data/{name}.parquet" for name in names}
+
+
 def final_plots():
     """The report's figures: a bar plot per benchmark table and the training curves of every evaluated run."""
     plots = [f"results/plots/{bench}.png" for bench in BENCHMARKS]
     return plots + [f"results/plots/training/{run}.png" for run in evaluated_runs()]
+
+
+# The demo and the paper configuration share results/: say so loudly when the configuration files differ from the
+# ones that wrote the current outputs (recorded when a run starts, not by dry-runs or cluster jobs).
+CONFIG_RECORD = Path("results/.configfiles")
+CONFIG_FILES = [os.path.relpath(f) for f in workflow.configfiles] or [
+    "config/config.yaml"
+]
+if CONFIG_RECORD.is_file() and CONFIG_RECORD.read_text().split() != CONFIG_FILES:
+    from snakemake.logging import logger
+
+    logger.warning(
+        "\n"
+        + "!" * 100
+        + f"\nresults/ holds outputs made with --configfile {' '.join(CONFIG_RECORD.read_text().split())}"
+        f"\nthis run uses {' '.join(CONFIG_FILES)}: outputs of the same name will be replaced."
+        "\nRun each configuration in its own checkout (or copy) to keep both.\n"
+        + "!" * 100
+    )
+
+
+onstart:
+    CONFIG_RECORD.parent.mkdir(parents=True, exist_ok=True)
+    CONFIG_RECORD.write_text("\n".join(CONFIG_FILES) + "\n")

@@ -5,12 +5,16 @@
 import os
 
 import spatialreasoner.data.rules as data_rules
+from spatialreasoner.utils import redact_url
 
 
 rule synthesize:
     output:
         [f"{data_rules.SYNTHETIC_DIR}/{name}" for name in data_rules.SYNTHETIC_FILES],
-        [directory(f"{data_rules.SYNTHETIC_DIR}/{name}") for name in data_rules.SYNTHETIC_DIRS],
+        [
+            directory(f"{data_rules.SYNTHETIC_DIR}/{name}")
+            for name in data_rules.SYNTHETIC_DIRS
+        ],
     log:
         "logs/synthesize/synthesize.log",
     benchmark:
@@ -46,10 +50,13 @@ rule fetch:
         mem_mb=1000,
         runtime=240,
     params:
-        url=lambda w: config["sources"][w.source]["url"],
-        checks=lambda w: data_rules.check_args(config, w.source),
+        # The URL may hold credentials: the command reads it from the config files, so it is never on a command
+        # line (nor in Snakemake's log and metadata); the redacted form makes a changed URL rerun the download.
+        shown_url=lambda w: redact_url(config["sources"][w.source]["url"]),
+        configfiles=lambda w: data_rules.configfile_args(workflow.configfiles),
     shell:
-        "spatialreasoner --log {log} fetch --url {params.url:q} --out {output} {params.checks}"
+        "spatialreasoner --log {log} fetch --source {wildcards.source} --configfile {params.configfiles}"
+        " --out {output}"
 
 
 rule snapshot_dataset:
@@ -79,7 +86,9 @@ rule snapshot_dataset:
 
 rule extract_images:
     input:
-        tar=lambda w: data_rules.source_path(config, config["images"][w.imageset]["source"]),
+        tar=lambda w: data_rules.source_path(
+            config, config["images"][w.imageset]["source"]
+        ),
     output:
         directory("resources/images/{imageset}"),
     log:
@@ -100,7 +109,9 @@ rule extract_images:
 
 rule canonicalize:
     input:
-        annotations=lambda w: data_rules.source_path(config, config["datasets"][w.dataset]["annotations"]),
+        annotations=lambda w: data_rules.source_path(
+            config, config["datasets"][w.dataset]["annotations"]
+        ),
         images=lambda w: data_rules.image_set_dirs(config, w.dataset),
     output:
         "results/data/{dataset}.parquet",
@@ -110,6 +121,8 @@ rule canonicalize:
         "benchmarks/canonicalize/{dataset}.tsv"
     wildcard_constraints:
         dataset=alternatives(config["datasets"]),
+    # the training tables lead to training, the workflow's longest path
+    priority: 10
     conda:
         "../../envs/data.yaml"
     threads: 4
@@ -119,7 +132,9 @@ rule canonicalize:
     params:
         kind=lambda w: config["datasets"][w.dataset]["kind"],
         split=lambda w: config["datasets"][w.dataset].get("split", "train"),
-        on_bad_image=lambda w: config["datasets"][w.dataset].get("on_bad_image", "error"),
+        on_bad_image=lambda w: config["datasets"][w.dataset].get(
+            "on_bad_image", "error"
+        ),
         roots=lambda w: data_rules.image_root_args(config, w.dataset),
     shell:
         "spatialreasoner --log {log} canonicalize --kind {params.kind} --annotations {input.annotations:q}"
@@ -129,7 +144,9 @@ rule canonicalize:
 
 rule prepare_benchmark:
     input:
-        tsv=lambda w: data_rules.source_path(config, config["benchmarks"][w.bench]["source"]),
+        tsv=lambda w: data_rules.source_path(
+            config, config["benchmarks"][w.bench]["source"]
+        ),
     output:
         "results/benchmarks/{bench}.tsv",
     log:

@@ -20,6 +20,8 @@ rule train:
         "logs/train/{run}.log",
     benchmark:
         "benchmarks/train/{run}.tsv"
+    # training is the workflow's longest path: start it before evaluation jobs that could wait
+    priority: 10
     conda:
         "../../envs/train.yaml"
     threads: lambda w: job_resources(config["runs"][w.run])["threads"]

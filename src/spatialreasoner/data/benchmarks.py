@@ -1,4 +1,8 @@
-"""``spatialreasoner prepare-benchmark``: validate a VLMEvalKit benchmark TSV and copy it into place unchanged.
+"""``spatialreasoner prepare-benchmark``: validate a VLMEvalKit benchmark TSV and copy it into place.
+
+The copy is the file unchanged, except that answers padded with whitespace (``' A '``) are written stripped: this is
+the one place that decides it, and scoring then compares answers exactly. A row with fewer fields than the header
+(a file cut short) is an error naming the row.
 
 Checks required columns, unique integer indices, known categories, answers naming a present option, decodable
 base64 images (or VLMEvalKit's short references to another row's image), and for 3DSRBench the circular ``qid``
@@ -59,9 +63,39 @@ def _decodes(cell: str) -> str | None:
     return None
 
 
+def read_tsv(path: Path):
+    """The TSV with every cell as text exactly as written (no NA strings)."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[])
+    except Exception as exc:
+        raise DataError(f"benchmark {path} is not a readable TSV: {exc}") from exc
+
+
+def short_records(path: Path, n_columns: int) -> list[tuple[int, int]]:
+    """(row, fields) of every data record with fewer fields than the header, parsed as pandas does (tabs, quotes)."""
+    import csv
+    import sys
+
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)  # base64 image cells are long
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            records = csv.reader(f, delimiter="\t")
+            next(records, None)
+            return [(i, len(rec)) for i, rec in enumerate(r for r in records if r) if len(rec) < n_columns]
+    finally:
+        csv.field_size_limit(limit)
+
+
+def padded_answers(df) -> list[int]:
+    """Positions of rows whose answer has surrounding whitespace (``' A '``)."""
+    return [i for i, a in enumerate(df["answer"]) if a != a.strip()]
+
+
 def validate(path: str | Path, bench: str) -> dict:
     """Validate ``path`` as benchmark ``bench``; returns counts. Raises DataError naming the rows."""
-    import pandas as pd
 
     if bench not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {bench!r}; expected one of {', '.join(BENCHMARKS)}")
@@ -69,15 +103,21 @@ def validate(path: str | Path, bench: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"benchmark file {path} does not exist")
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[])
-    except Exception as exc:
-        raise DataError(f"benchmark {path} is not a readable TSV: {exc}") from exc
+    df = read_tsv(path)
     missing = [c for c in (*REQUIRED, *spec["extra_required"]) if c not in df.columns]
     if missing:
         raise DataError(f"benchmark {path} ({bench}): missing required columns: {', '.join(missing)}")
     if df.empty:
         raise DataError(f"benchmark {path}: no rows")
+    # pandas fills the missing fields of a row cut short with empty text: count each record's fields instead.
+    _fail(
+        path,
+        f"have fewer than the header's {len(df.columns)} fields (cut short?)",
+        [
+            f"row {i} (index {df.at[i, 'index']!s}): {n} field(s), missing {', '.join(df.columns[n:])}"
+            for i, n in short_records(path, len(df.columns))
+        ],
+    )
 
     rows = df.to_dict("records")
     label = [f"row {i} (index {r['index']!s})" for i, r in enumerate(rows)]
@@ -179,10 +219,23 @@ def _check_circular(path: Path, rows: list[dict], label: list[str], options: lis
 
 
 def prepare(src: str | Path, bench: str, out: str | Path) -> dict:
+    """Validate ``src`` and write it to ``out``: unchanged, or with padded answers (``' A '``) stripped, so that
+    scoring, which compares answers exactly, gets the letter."""
     started = time.perf_counter()
     counts = validate(src, bench)
+    df = read_tsv(Path(src))
+    padded = padded_answers(df)
     with atomic_path(out) as tmp:
-        shutil.copyfile(src, tmp)
+        if padded:
+            shown = ", ".join(
+                f"row {i} (index {df.at[i, 'index']}) {df.at[i, 'answer']!r}" for i in padded[:MAX_LISTED]
+            )
+            log.warning("%s: %d answer(s) with surrounding whitespace stripped: %s", src, len(padded), shown)
+            df["answer"] = df["answer"].str.strip()
+            df.to_csv(tmp, sep="\t", index=False)
+        else:
+            shutil.copyfile(src, tmp)
+    counts["answers_stripped"] = len(padded)
     log.info("validated %s as %s -> %s: %s in %.1f s", src, bench, out, counts, time.perf_counter() - started)
     return counts
 

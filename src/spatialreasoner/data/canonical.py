@@ -12,17 +12,25 @@ column             type                         meaning
 ``A`` ``B`` ``C``  string, nullable             qa rows: option texts (null when the row has fewer options)
 ``D``
 ``answer``         string, nullable             qa rows: the correct option letter (checked to name an option;
-                                                SFT rows without options keep their answer text as is)
-``category``       string, nullable             qa rows: the question subtype (e.g. ``location_above``)
+                                                SFT rows without options keep their answer text as is); SFT:
+                                                the chain-of-thought's ``<answer>``, checked against an
+                                                ``answer`` column when the source has one
+``category``       string, nullable             qa rows: the question subtype (e.g. ``location_above``); RL rows:
+                                                one of the 12 3DSRBench subtypes (the 3D reward's table); SFT:
+                                                optional
 ``answer_cot``     string, nullable (SFT only)  qa rows: the target reasoning ``<think>…</think><answer>…</answer>``
+                                                (both tags required)
 ``conversations``  list<struct<from, value>>    conversation rows (SFT only): LLaVA turns; ``<image>`` marks
                    nullable (SFT only)          where the image goes
 ``question_index`` int64 (RL only)              the source's question id
 ``source_row``     int64                        row number in the source annotation files (in file order)
 =================  ===========================  ================================================================
 
-Source columns are read by name: required ones missing are an error naming them; any other columns
-(``image_filename``, ``image_path``, …) are kept unchanged after the canonical ones. Images are resolved through
+Source columns are read by name, and only those the official readers read are required: SFT 3D QA rows
+``question, A, B, image_filename, answer_cot`` (``C``, ``D``, ``answer``, ``category`` optional), LLaVA rows
+``conversations, image_path``, RL rows ``question_index, question, A, B, answer, category, image_filename``. Missing
+ones are an error naming them; any other columns (``answer_name``, ``bounding_box``, …) are kept unchanged after
+the canonical ones. A split found in several formats or folders of a snapshot is refused (rows would be read twice). Images are resolved through
 ``--images COLUMN=ROOT`` (e.g. ``image_filename=resources/images/openimages/openimages``); rows whose image is missing
 or does not decode are an error listing how many and the first few, or dropped with ``--on-bad-image drop``.
 """
@@ -33,6 +41,7 @@ import argparse
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import time
@@ -42,17 +51,24 @@ from pathlib import Path
 from tqdm import tqdm
 
 from spatialreasoner.errors import DataError
+from spatialreasoner.matcher import NO_MATCH, match_option
 from spatialreasoner.prompts import is_present
+from spatialreasoner.taxonomy import SRB_SUBTYPES
 from spatialreasoner.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 OPTION_COLUMNS = ("A", "B", "C", "D")
+# What the official readers use: SFT 3D QA rows need no answer or category (the answer is the chain-of-thought's).
 QA_REQUIRED = {
-    "sft": ("question", "A", "B", "answer", "answer_cot", "image_filename", "category"),
+    "sft": ("question", "A", "B", "image_filename", "answer_cot"),
     "rl": ("question", "A", "B", "answer", "category", "question_index", "image_filename"),
 }
+#: Categories an RL row may have: the 3DSRBench subtypes, which the 3D-aware process reward knows.
+RL_CATEGORIES = SRB_SUBTYPES
+#: A chain-of-thought target: reasoning in <think>, then the answer in <answer>, nothing else around them.
+COT_RE = re.compile(r"\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*", re.DOTALL)
 CONVERSATION_REQUIRED = ("conversations", "image_path")
 QA_IMAGE_COLUMN = "image_filename"
 CONVERSATION_IMAGE_COLUMN = "image_path"
@@ -84,6 +100,14 @@ def annotation_files(path: Path, split: str) -> list[Path]:
         raise DataError(
             f"annotations {path}: no files for split {split!r} (expected {split}-*.parquet, {split}.jsonl or "
             f"{split}.json); found: {', '.join(present[:10]) or 'no annotation files'}"
+        )
+    layouts = sorted({(str(p.parent.relative_to(path)), p.suffix) for p in found})
+    if len(layouts) > 1:
+        shown = ", ".join(str(p.relative_to(path)) for p in found[:10])
+        raise DataError(
+            f"annotations {path}: split {split!r} is held {len(layouts)} times (in different formats or folders: "
+            f"{shown}); every row would be read more than once. Keep one copy (e.g. the source's allow_patterns) "
+            "or name a file"
         )
     return found
 
@@ -222,6 +246,7 @@ def canonicalize(
             raise DataError(f"image root {roots[col]} for column {col!r} does not exist (images not extracted?)")
 
     records = []
+    unknown_categories: dict[str, list[int]] = {}
     for i, row in enumerate(df.to_dict("records")):
         question = _cell(row.get("question")) if has_qa else None
         conv = _cell(row.get("conversations")) if has_conv else None
@@ -237,23 +262,20 @@ def canonicalize(
             present = [c for c, v in options.items() if v is not None]
             answer = _str_or_none(row.get("answer"))
             answer = answer.strip() if answer else answer
-            # SFT may hold open questions without options (trained on the bare question); RL needs a letter to score
-            if (present or kind == "rl") and answer not in present:
-                raise DataError(f"{where} row {i}: answer {answer!r} is not one of its options {present}")
-            rec["answer"] = answer
             if kind == "sft":
                 cot = _str_or_none(row.get("answer_cot"))
                 if not is_present(cot):
                     raise DataError(f"{where} row {i}: empty answer_cot")
+                answer = _sft_answer(cot, answer, options, where, i)
                 rec["answer_cot"] = cot
             else:
-                qi = _cell(row.get("question_index"))
-                if qi is None:
-                    raise DataError(f"{where} row {i}: empty question_index")
-                try:
-                    rec["question_index"] = int(qi)
-                except (TypeError, ValueError) as exc:
-                    raise DataError(f"{where} row {i}: question_index {qi!r} is not an integer") from exc
+                rec["question_index"] = _question_index(row.get("question_index"), where, i)
+                if rec["category"] not in RL_CATEGORIES:
+                    unknown_categories.setdefault(str(rec["category"]), []).append(i)
+            # SFT may hold open questions without options (trained on the bare question); RL needs a letter to score
+            if (present or kind == "rl") and answer not in present:
+                raise DataError(f"{where} row {i}: answer {answer!r} is not one of its options {present}")
+            rec["answer"] = answer
             rec["image"] = _image_path(roots[QA_IMAGE_COLUMN], row.get(QA_IMAGE_COLUMN), QA_IMAGE_COLUMN, where, i)
         elif conv is not None:
             turns = _turns(conv, i, where)
@@ -276,6 +298,15 @@ def canonicalize(
                 rec[extra] = row[extra]
         records.append(rec)
 
+    if unknown_categories:
+        listed = "; ".join(
+            f"{cat!r} (rows {', '.join(map(str, rows[:MAX_LISTED]))}{' ...' if len(rows) > MAX_LISTED else ''})"
+            for cat, rows in sorted(unknown_categories.items())
+        )
+        raise DataError(
+            f"{where}: {sum(map(len, unknown_categories.values()))} row(s) have a category the 3D reward does not know: "
+            f"{listed}; expected one of {', '.join(RL_CATEGORIES)}"
+        )
     paths = [Path(r["image"]) for r in records if r["image"] is not None]
     bad = check_images(paths, workers=workers)
     dropped = 0
@@ -317,6 +348,50 @@ def canonicalize(
         time.perf_counter() - started,
     )
     return counts
+
+
+def _sft_answer(cot: str, given: str | None, options: dict, where: str, row: int) -> str:
+    """The answer of an SFT row: its chain-of-thought's ``<answer>`` (a letter when the row has options), which an
+    ``answer`` column, where the source has one, must agree with."""
+    m = COT_RE.fullmatch(cot)
+    if m is None:
+        shown = cot if len(cot) <= 80 else cot[:40] + " … " + cot[-40:]
+        raise DataError(
+            f"{where} row {row}: answer_cot {shown!r} is not <think>…</think><answer>…</answer> (the reasoning in "
+            "<think> tags, then the answer in <answer> tags)"
+        )
+    content = m.group("answer").strip()
+    present = {c: v for c, v in options.items() if v is not None}
+    if present:
+        letter = content if content in present else match_option(content, present)
+        if letter == NO_MATCH:
+            raise DataError(
+                f"{where} row {row}: answer_cot's <answer>{content}</answer> names none of the options {list(present)}"
+            )
+    else:
+        letter = content
+    if given is not None and given != letter:
+        raise DataError(
+            f"{where} row {row}: answer {given!r} contradicts the chain-of-thought, whose <answer> is {content!r}"
+            f" ({letter!r})"
+        )
+    return letter
+
+
+def _question_index(value, where: str, row: int) -> int:
+    """An integer question id; a fractional or non-numeric one is an error (int() would silently truncate 3.7)."""
+    value = _cell(value)
+    if value is None:
+        raise DataError(f"{where} row {row}: empty question_index")
+    if isinstance(value, bool):
+        raise DataError(f"{where} row {row}: question_index {value!r} is not an integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    if isinstance(value, numbers.Integral):  # int and numpy integers
+        return int(value)
+    raise DataError(f"{where} row {row}: question_index {value!r} is not an integer")
 
 
 def _str_or_none(value) -> str | None:

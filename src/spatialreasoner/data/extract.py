@@ -3,7 +3,8 @@
 Every member is checked before anything is written: absolute paths, ``..`` components, links resolving outside the
 target and device/FIFO members fail the whole extraction, naming the member. The tar is unpacked into a temporary
 sibling of the target (with Python's ``data`` extraction filter as a second guard), a marker recording the member
-count is written last, and the folder is renamed into place.
+count is written last, and the folder is renamed into place. A tar without files, or with a hard link to a member
+it does not hold, is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ def check_member(member: tarfile.TarInfo) -> None:
         raise DataError(f"unsafe tar member {name!r}: unsupported member type {member.type!r}")
 
 
+def check_links_resolve(members: list[tarfile.TarInfo], tar_path: Path) -> None:
+    """A hard link must name a regular file that comes earlier in the archive (tar extracts it by copying that)."""
+    earlier: set[str] = set()
+    for member in members:
+        name = posixpath.normpath(member.name)
+        if member.islnk() and posixpath.normpath(member.linkname) not in earlier:
+            raise DataError(
+                f"tar member {member.name!r} of {tar_path} is a hard link to {member.linkname!r}, which is not a file "
+                "earlier in the archive (missing member); the tar is incomplete or corrupt"
+            )
+        if member.isfile() or member.islnk():
+            earlier.add(name)
+
+
 def extract(tar_path: str | os.PathLike, out_dir: str | os.PathLike) -> int:
     """Extract ``tar_path`` into ``out_dir`` (replaced atomically); returns the member count."""
     tar_path, out_dir = Path(tar_path), Path(out_dir)
@@ -71,6 +86,9 @@ def extract(tar_path: str | os.PathLike, out_dir: str | os.PathLike) -> int:
             raise DataError(f"{tar_path} is truncated or corrupt: {exc}") from exc
         for member in members:
             check_member(member)
+        check_links_resolve(members, tar_path)
+        if not any(m.isfile() for m in members):
+            raise DataError(f"{tar_path} holds no files ({len(members)} members); expected the image set's images")
         with atomic_path(out_dir) as tmp:
             tmp.mkdir(parents=True)
             files = 0

@@ -21,6 +21,11 @@ recorded, and the error says to configure the sha256.
 
 ``HF_TOKEN`` is sent as a bearer token to huggingface.co only. URLs are logged, written to the lock file and named
 in errors without credentials (see :func:`spatialreasoner.utils.redact_url`): no userinfo, no query values.
+
+The workflow never puts a URL on a command line (where Snakemake's console, log and ``.snakemake`` metadata would
+keep it): its rule passes the source's name and the config files, and the URL is read from the configuration here
+(``--source``). Credentials belong in the environment: ``${VAR}`` in a URL is replaced by the environment variable
+``VAR`` at download time only, and requests reads a ``~/.netrc`` (or ``$NETRC``) entry for the host.
 """
 
 from __future__ import annotations
@@ -425,8 +430,42 @@ def fetch(
     return dest
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(url: str, where: str = "url") -> str:
+    """``url`` with every ``${VAR}`` replaced by the environment variable's value (a DataError naming it if unset)."""
+
+    def value(m: re.Match) -> str:
+        if m.group(1) not in os.environ:
+            raise DataError(f"{where} refers to ${{{m.group(1)}}}, which is not set in the environment")
+        return os.environ[m.group(1)]
+
+    return _ENV_REF.sub(value, url)
+
+
+def source_spec(configfiles: list[str], name: str) -> dict:
+    """The ``sources.<name>`` entry of the configuration made of ``configfiles`` (merged as Snakemake merges them)."""
+    from spatialreasoner.config import load_yaml_strict, merge_configs
+    from spatialreasoner.errors import ConfigError
+
+    config: dict = {}
+    for path in configfiles:
+        content = load_yaml_strict(path)
+        if isinstance(content, dict):
+            merge_configs(config, content)
+    spec = (config.get("sources") or {}).get(name)
+    if not isinstance(spec, dict) or "url" not in spec:
+        raise ConfigError(f"config key sources.{name}.url: not set in {', '.join(map(str, configfiles))}")
+    return spec
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True, help="http(s):// URL, file:// URL or a local path")
+    parser.add_argument(
+        "--url", default=None, help="http(s):// URL, file:// URL or a local path (or --source with --configfile)"
+    )
+    parser.add_argument("--source", default=None, help="a URL source of the configuration: its url, sha256 and size")
+    parser.add_argument("--configfile", nargs="+", default=[], help="the config files holding --source")
     parser.add_argument("--out", required=True, help="destination file")
     parser.add_argument("--sha256", default=None, help="expected sha256 (else recorded in <out>.lock.json)")
     parser.add_argument("--size", type=int, default=None, help="expected size in bytes")
@@ -436,8 +475,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if (args.url is None) == (args.source is None):
+        raise DataError("give exactly one of --url and --source")
+    url = args.url
+    if args.source is not None:
+        spec = source_spec(args.configfile, args.source)
+        url = spec["url"]
+        args.sha256 = args.sha256 or spec.get("sha256")
+        args.size = args.size if args.size is not None else spec.get("size")
+    url = expand_env(str(url), f"sources.{args.source}.url" if args.source else "--url")
     sha = args.sha256 or None
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha)):
         raise DataError(f"--sha256 must be 64 hex characters, got {sha!r}")
-    fetch(args.url, args.out, sha, args.size, args.retries, args.backoff, args.timeout)
+    fetch(url, args.out, sha, args.size, args.retries, args.backoff, args.timeout)
     return 0

@@ -60,6 +60,15 @@ def image_root_args(config, dataset: str) -> list[str]:
     return args
 
 
+def configfile_args(configfiles) -> str:
+    """The config files of the run, quoted for a shell command (the fetch command reads a source's URL from them)."""
+    import shlex
+
+    if not configfiles:
+        raise ValueError("no config file: the workflow's sources must come from a --configfile")
+    return " ".join(shlex.quote(str(f)) for f in configfiles)
+
+
 def check_args(config, source: str) -> str:
     """``--sha256 X --size N`` for the configured checks of a URL source."""
     spec = config["sources"][source]

@@ -1,7 +1,8 @@
 """``spatialreasoner snapshot``: a Hugging Face Hub repository downloaded at a pinned revision.
 
 A branch or tag is resolved to its commit once and recorded in ``<out>.lock.json``; later runs download that
-commit, so reruns are reproducible until the lock is deleted. The token comes from ``HF_TOKEN`` only and is never
+commit, so reruns are reproducible until the lock is deleted. For a model repository the marker and the lock also
+record the sha256 of every weight file, which :mod:`spatialreasoner.modeling` checks whenever the folder is used. The token comes from ``HF_TOKEN`` only and is never
 logged; ``HF_HUB_OFFLINE=1`` is honoured (an unrecorded branch then cannot be resolved and is an error).
 """
 
@@ -71,6 +72,19 @@ def resolve_commit(repo: str, revision: str, repo_type: str, out_dir: Path) -> t
     return str(info.sha), "resolved on the Hub"
 
 
+def _read_lock(out_dir: Path) -> dict | None:
+    lock = lock_path(out_dir)
+    if not lock.is_file():
+        return None
+    try:
+        data = json.loads(lock.read_text())
+    except ValueError as exc:
+        raise DataError(f"lock file {lock} is not valid JSON ({exc}); delete it to resolve again") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"lock file {lock} is not a JSON object; delete it to resolve again")
+    return data
+
+
 def snapshot(
     repo: str,
     revision: str,
@@ -106,12 +120,29 @@ def snapshot(
 
             shutil.rmtree(cache)
         record = {"repo": repo, "repo_type": repo_type, "revision": revision, "commit": commit}
+        locked = _read_lock(out_dir)
+        if repo_type == "model":
+            from spatialreasoner.modeling import WEIGHTS_KEY, weight_hashes
+
+            record[WEIGHTS_KEY] = weight_hashes(tmp)
+            before = (locked or {}).get(WEIGHTS_KEY) if (locked or {}).get("commit") == commit else None
+            if before is not None and before != record[WEIGHTS_KEY]:
+                differ = sorted(
+                    k for k in set(before) | set(record[WEIGHTS_KEY]) if before.get(k) != record[WEIGHTS_KEY].get(k)
+                )
+                raise DataError(
+                    f"snapshot of {repo}@{commit}: weight file(s) {', '.join(differ)} differ from the sha256 recorded "
+                    f"in {lock_path(out_dir)} for the same commit; the download is corrupt"
+                )
         write_json_atomic(tmp / MARKER, record)
-    if not COMMIT_RE.match(revision) and not lock_path(out_dir).is_file():
-        write_json_atomic(
-            lock_path(out_dir), record | {"recorded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        )
+    stamp = {"recorded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    if locked is None and (not COMMIT_RE.match(revision) or repo_type == "model"):
+        # branches: the commit they resolved to; models: also the sha256 of every weight file, checked at each use
+        write_json_atomic(lock_path(out_dir), record | stamp)
         log.info("recorded commit %s of %s@%s in %s", commit, repo, revision, lock_path(out_dir))
+    elif repo_type == "model" and locked.get("commit") == commit and "weights_sha256" not in locked:
+        write_json_atomic(lock_path(out_dir), locked | {"weights_sha256": record["weights_sha256"]} | stamp)
+        log.info("recorded the weights' sha256 of %s@%s in %s", repo, commit, lock_path(out_dir))
     files = sum(1 for p in out_dir.rglob("*") if p.is_file())
     log.info("snapshot of %s at %s written to %s (%d files)", repo, commit, out_dir, files)
     return out_dir

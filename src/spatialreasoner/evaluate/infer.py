@@ -1,235 +1,88 @@
 """Greedy batched inference of a model folder on a VLMEvalKit benchmark TSV, resumable and data-parallel over GPUs.
 
-Finished rows go to append-only shard files as they complete, so a rerun after a kill generates only missing rows.
+Generation goes through a backend (``evaluate/backends``: transformers or vLLM); the prompts, the shards (finished
+rows are appended as they complete, so a rerun after a kill generates only missing rows), the workers and the export
+are the same for both.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import hashlib
-import io
 import json
 import logging
 import os
 import queue
 import shutil
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from spatialreasoner.budget import check_benchmark_budget
 from spatialreasoner.errors import DataError
+from spatialreasoner.evaluate.backends import (
+    BACKENDS,
+    check_backend,
+    default_workers,
+    gpus_per_worker,
+    open_backend,
+    stop_token_ids,
+    worker_gpus,
+)
+from spatialreasoner.evaluate.export import PREDICTION_COLUMNS, XLSX_CELL_LIMIT, export_xlsx, merge_predictions
+from spatialreasoner.evaluate.rows import IMAGE_REF_MAX_LEN, build_messages, decode_image, read_benchmark
+from spatialreasoner.evaluate.shards import ShardWriter, prepare_shard_dir, read_shards
+from spatialreasoner.evaluate.shards import fingerprint as _fingerprint
 from spatialreasoner.modeling import check_model_dir
-from spatialreasoner.prompts import format_question, present_options
-from spatialreasoner.utils import atomic_path, write_json_atomic
+from spatialreasoner.utils import atomic_path
+
+__all__ = [
+    "BACKENDS",
+    "IMAGE_REF_MAX_LEN",
+    "PREDICTION_COLUMNS",
+    "XLSX_CELL_LIMIT",
+    "build_messages",
+    "decode_image",
+    "export_xlsx",
+    "generate_rows",
+    "read_benchmark",
+    "read_shards",
+    "run_inference",
+]
 
 log = logging.getLogger(__name__)
 
-#: Columns generation adds to the benchmark's own: the reply, the batch's wall time divided by its rows, the number
-#: of generated tokens (up to the end-of-turn token), and why a row was skipped (bad image) if it was.
-PREDICTION_COLUMNS = ("prediction", "gen_seconds", "gen_tokens", "error")
-#: Excel's limit on the characters of one cell.
-XLSX_CELL_LIMIT = 32767
-#: VLMEvalKit stores an image once and lets other rows refer to it by index: an ``image`` cell this short is a
-#: reference, not base64 data.
-IMAGE_REF_MAX_LEN = 64
-SHARD_META = "meta.json"
+#: Settings that only the vLLM backend reads (left out of the transformers backend's shard fingerprint).
+VLLM_SETTINGS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")
 
 
-# ---------------------------------------------------------------- benchmark rows and images
+def processor_pixel_limits(model: Path, min_pixels: int | None, max_pixels: int | None) -> tuple[int, int]:
+    """The (lower, upper) pixel limits of the model's image processor as inference loads it."""
+    from spatialreasoner.modeling import load_processor
 
-
-def read_benchmark(path: str | Path) -> pd.DataFrame:
-    """The benchmark TSV as text cells (``NA`` stays a string), image references resolved; checks the columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"benchmark {path} does not exist")
-    try:
-        df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""], dtype={"image": str})
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"benchmark {path}: cannot read as TSV: {exc}") from exc
-    missing = [c for c in ("index", "question", "A", "B", "image") if c not in df.columns]
-    if missing:
-        raise DataError(f"benchmark {path}: missing column(s) {', '.join(missing)}")
-    dup = df["index"][df["index"].duplicated()].tolist()
-    if dup:
-        raise DataError(f"benchmark {path}: duplicate index {', '.join(map(str, dup[:5]))}")
-    df["image"] = resolve_image_refs(df["index"], df["image"])
-    return df
-
-
-def resolve_image_refs(index: pd.Series, image: pd.Series) -> list:
-    """Replace VLMEvalKit's short image cells (the index of another row holding the image) by that row's data."""
-    by_index = dict(zip(index.astype(str), image, strict=True))
-    out = []
-    for cell in image:
-        if isinstance(cell, str) and len(cell) <= IMAGE_REF_MAX_LEN and cell in by_index:
-            target = by_index[cell]
-            if isinstance(target, str) and len(target) > IMAGE_REF_MAX_LEN:
-                cell = target
-        out.append(cell)
-    return out
-
-
-def decode_image(cell, index):
-    """A base64 image cell as an RGB PIL image; a DataError naming the row's ``index`` if it does not decode."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not isinstance(cell, str) or not cell:
-        raise DataError(f"benchmark row index {index}: empty image cell")
-    try:
-        raw = base64.b64decode(cell, validate=False)
-        with Image.open(io.BytesIO(raw)) as img:
-            return img.convert("RGB")
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"benchmark row index {index}: image does not decode ({type(exc).__name__}: {exc})") from exc
-
-
-def build_messages(row, system_prompt: str | None) -> list[dict]:
-    """The official evaluation prompt: optional system prompt, then the image and the question with its options."""
-    text = format_question(str(row["question"]), present_options(row))
-    messages = []
-    if system_prompt:
-        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
-    return messages
-
-
-# ---------------------------------------------------------------- shards (resumability)
-
-
-def _fingerprint(settings: dict, model: Path, benchmark: Path) -> dict:
-    """What the shards' rows depend on; shards made with anything else are stale."""
-    weights = sorted(p for p in model.glob("*.safetensors*"))
-    stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in weights]
-    bstat = benchmark.stat()
-    return {
-        **settings,
-        "model": str(model.resolve()),
-        "weights": hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16],
-        "benchmark": str(benchmark.resolve()),
-        "benchmark_stat": [bstat.st_size, int(bstat.st_mtime)],
-    }
-
-
-def prepare_shard_dir(shard_dir: Path, fingerprint: dict) -> None:
-    """Create ``shard_dir``; drop its shards if they were made with other settings (named in the log)."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = shard_dir / SHARD_META
-    if meta_path.is_file():
-        try:
-            old = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old != fingerprint:
-            changed = sorted(k for k in set(fingerprint) | set(old or {}) if (old or {}).get(k) != fingerprint.get(k))
-            log.warning("shards in %s were made with other settings (%s); starting afresh", shard_dir, changed)
-            for p in shard_dir.glob("*.jsonl"):
-                p.unlink()
-    write_json_atomic(meta_path, fingerprint)
-
-
-def read_shards(shard_dir: Path) -> dict[str, dict]:
-    """Finished rows by index (as text). A line cut short by a kill is ignored: that row is generated again."""
-    done: dict[str, dict] = {}
-    for path in sorted(shard_dir.glob("*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    continue  # a partial last line from a killed writer
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                done[str(rec["index"])] = rec
-    return done
-
-
-class ShardWriter:
-    """Appends finished rows as JSON lines to a file of its own, flushed and synced per batch."""
-
-    def __init__(self, shard_dir: Path, rank: int):
-        self.path = shard_dir / f"rows-{rank}-{uuid.uuid4().hex[:8]}.jsonl"
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-
-    def write(self, records: Sequence[dict]) -> None:
-        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-
-# ---------------------------------------------------------------- generation
-
-
-def _device_for(rank: int, n_workers: int) -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{rank % torch.cuda.device_count()}"
-    return "cpu"
-
-
-def _load(settings: dict, device: str):
-    import torch
-
-    from spatialreasoner.modeling import load_model, load_processor, resolve_attn_implementation
-
-    processor = load_processor(settings["model"], settings.get("min_pixels"), settings.get("max_pixels"))
-    # Batched generation needs the prompt's end aligned at the right edge.
-    processor.tokenizer.padding_side = "left"
-    dtype = settings.get("dtype", "auto")
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    attn = resolve_attn_implementation(settings.get("attn_implementation", "auto"))
-    if not device.startswith("cuda") and attn == "flash_attention_2":
-        attn = "sdpa"
-    # On a GPU the weights load straight onto it (no full copy in host memory per worker).
-    placement = {"device_map": device} if device.startswith("cuda") else {}
-    model = load_model(settings["model"], dtype=dtype, attn_implementation=attn, **placement).to(device).eval()
-    if device == "cpu" and settings.get("threads"):
-        torch.set_num_threads(settings["threads"])
-    return processor, model
-
-
-def _generation_config(model, max_new_tokens: int):
-    """Greedy decoding: no sampling knobs and no repetition penalty from the checkpoint's generation_config."""
-    import copy
-
-    config = copy.deepcopy(model.generation_config)
-    config.do_sample = False
-    config.num_beams = 1
-    config.temperature = None
-    config.top_p = None
-    config.top_k = None
-    config.repetition_penalty = None
-    config.max_new_tokens = max_new_tokens
-    return config
+    size = load_processor(model, min_pixels, max_pixels).image_processor.size
+    return int(size["shortest_edge"]), int(size["longest_edge"])
 
 
 def generate_rows(
     rows: pd.DataFrame,
     settings: dict,
-    device: str,
+    gpus: list[int] | None,
     on_batch: Callable[[list[dict], list[dict]], None],
 ) -> None:
-    """Generate a prediction for every row (benchmark columns incl. the image).
+    """Generate a prediction for every row (benchmark columns incl. the image) with ``settings["backend"]``.
 
     After each batch, ``on_batch(done, skipped)`` gets the finished rows and those skipped for a bad image.
     """
-    import torch
+    from spatialreasoner.modeling import load_processor
 
-    processor, model = _load(settings, device)
-    gen_config = _generation_config(model, settings["max_new_tokens"])
+    # The prompt text and the decoding of replies come from the model's own processor for every backend.
+    processor = load_processor(settings["model"], settings.get("min_pixels"), settings.get("max_pixels"))
     tokenizer = processor.tokenizer
-    stop_ids = {i for i in (tokenizer.pad_token_id, *np.atleast_1d(gen_config.eos_token_id or [])) if i is not None}
+    stop_ids = stop_token_ids(settings["model"], tokenizer)
+    backend = open_backend(settings.get("backend", "hf"), settings, gpus)
     system_prompt = settings.get("system_prompt")
     batch_size = settings["batch_size"]
     records = rows.to_dict("records")
@@ -252,19 +105,14 @@ def generate_rows(
         results = []
         if kept:
             t0 = time.perf_counter()
-            inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(device)
-            with torch.inference_mode():
-                out = model.generate(**inputs, generation_config=gen_config)
-            new = out[:, inputs["input_ids"].shape[1] :].cpu()
+            generated = backend.generate(texts, images)
             seconds = (time.perf_counter() - t0) / len(kept)
-            for row, ids in zip(kept, new, strict=True):
-                ids = ids.tolist()
+            for row, ids in zip(kept, generated, strict=True):
                 length = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
-                text = tokenizer.decode(ids[:length], skip_special_tokens=True)
                 results.append(
                     {
                         "index": row["index"],
-                        "prediction": text,
+                        "prediction": tokenizer.decode(ids[:length], skip_special_tokens=True),
                         "gen_seconds": round(seconds, 4),
                         "gen_tokens": length,
                         "error": None,
@@ -273,7 +121,7 @@ def generate_rows(
         on_batch(results, failed)
 
 
-def _worker(rank: int, n_workers: int, settings: dict, indices: list[str], shard_dir: str, progress) -> None:
+def _worker(rank: int, settings: dict, indices: list[str], shard_dir: str, progress) -> None:
     """One data-parallel worker (its own process): read its rows, generate, append to its shard, report progress."""
     from spatialreasoner.utils import setup_logging
 
@@ -286,7 +134,7 @@ def _worker(rank: int, n_workers: int, settings: dict, indices: list[str], shard
             generate_rows(
                 rows,
                 settings,
-                _device_for(rank, n_workers),
+                worker_gpus(rank, gpus_per_worker(settings["backend"], settings)),
                 lambda done, failed: (writer.write(done), progress.put(("rows", len(done), failed))),
             )
         finally:
@@ -295,13 +143,6 @@ def _worker(rank: int, n_workers: int, settings: dict, indices: list[str], shard
     except Exception as exc:  # reported to the parent, which raises
         progress.put(("error", rank, f"{type(exc).__name__}: {exc}", isinstance(exc, DataError)))
         raise
-
-
-def default_workers() -> int:
-    """One worker per visible GPU; one on CPU."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
 def run_inference(
@@ -320,8 +161,18 @@ def run_inference(
     dtype: str = "auto",
     attn_implementation: str = "auto",
     log_file: str | None = None,
+    backend: str = "hf",
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
 ) -> dict:
-    """Generate missing rows (resuming from shards), then write the predictions parquet and its .xlsx export."""
+    """Generate missing rows (resuming from shards), then write the predictions parquet and its .xlsx export.
+
+    ``backend`` is ``hf`` (transformers ``generate``) or ``vllm`` (vLLM's offline engine; ``tensor_parallel_size``
+    GPUs per engine, ``gpu_memory_utilization`` and ``max_model_len`` as vLLM's). Workers: one per GPU (per
+    ``tensor_parallel_size`` GPUs with vLLM), one on CPU.
+    """
+    check_backend(backend)
     model = check_model_dir(model)
     benchmark = Path(benchmark)
     out = Path(out)
@@ -329,14 +180,19 @@ def run_inference(
         raise DataError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
     if batch_size < 1 or max_new_tokens < 1:
         raise DataError("batch_size and max_new_tokens must be at least 1")
+    if backend == "vllm" and (tensor_parallel_size < 1 or not 0 < gpu_memory_utilization <= 1):
+        raise DataError("tensor_parallel_size must be at least 1 and gpu_memory_utilization in (0, 1]")
     shard_dir = Path(shard_dir) if shard_dir else out.with_name(f".{out.stem}.shards")
     df = read_benchmark(benchmark)
+    # Every prompt plus max_new_tokens within the model's context, before any worker loads the model.
+    check_benchmark_budget(model, df, system_prompt, max_new_tokens, min_pixels, max_pixels, max_model_len)
     settings = {
         "system_prompt": system_prompt,
         "max_new_tokens": max_new_tokens,
         "min_pixels": min_pixels,
         "max_pixels": max_pixels,
         "dtype": dtype,
+        "backend": backend,
     }
     prepare_shard_dir(shard_dir, _fingerprint(settings, model, benchmark))
     settings |= {
@@ -346,24 +202,29 @@ def run_inference(
         "on_bad_image": on_bad_image,
         "attn_implementation": attn_implementation,
         "log_file": log_file,
+        "tensor_parallel_size": tensor_parallel_size,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "max_model_len": max_model_len,
     }
     done = read_shards(shard_dir)
     todo = [str(i) for i in df["index"] if str(i) not in done]
     log.info(
-        "%s on %s: %d rows, %d already in shards, %d to generate",
+        "%s on %s with the %s backend: %d rows, %d already in shards, %d to generate",
         model.name,
         benchmark.name,
+        backend,
         len(df),
         len(df) - len(todo),
         len(todo),
     )
-    n_workers = max(1, min(workers or default_workers(), len(todo))) if todo else 0
+    per_worker = gpus_per_worker(backend, settings)
+    n_workers = max(1, min(workers or default_workers(per_worker), len(todo))) if todo else 0
     t0 = time.perf_counter()
     failed = _generate(df, todo, settings, shard_dir, n_workers) if todo else []
     elapsed = time.perf_counter() - t0
     if todo:
         log.info(
-            "generated %d rows in %.1f s (%.2f rows/s) with %d worker(s)",
+            "generated %d rows in %.1f s (%.2f rows/s, model loading included) with %d worker(s)",
             len(todo) - len(failed),
             elapsed,
             (len(todo) - len(failed)) / max(elapsed, 1e-9),
@@ -375,12 +236,15 @@ def run_inference(
     missing = preds.loc[preds["prediction"].isna() & preds["error"].isna(), "index"].tolist()
     if missing:
         raise DataError(f"no prediction for {len(missing)} row(s) after generation: index {missing[:5]}")
+    # The pixel limits the image processor applied (configured, or the model folder's own), for the score summary.
+    preds["min_pixels"], preds["max_pixels"] = processor_pixel_limits(model, min_pixels, max_pixels)
     with atomic_path(out) as tmp:
         preds.to_parquet(tmp, index=False)
     xlsx = Path(xlsx) if xlsx else out.with_suffix(".xlsx")
     long_cells = export_xlsx(preds, xlsx)
     summary = {
         "rows": len(preds),
+        "backend": backend,
         "generated": len(todo) - len(failed),
         "resumed": len(df) - len(todo),
         "skipped_bad_image": len(failed),
@@ -424,10 +288,9 @@ def _generate(df: pd.DataFrame, todo: list[str], settings: dict, shard_dir: Path
         if n_workers == 1:
             writer = ShardWriter(shard_dir, 0)
             rows = df[df["index"].astype(str).isin(set(todo))]
+            gpus = worker_gpus(0, gpus_per_worker(settings["backend"], settings))
             try:
-                generate_rows(
-                    rows, settings, _device_for(0, 1), lambda done, bad: (writer.write(done), advance(len(done), bad))
-                )
+                generate_rows(rows, settings, gpus, lambda done, bad: (writer.write(done), advance(len(done), bad)))
             finally:
                 writer.close()
         else:
@@ -447,8 +310,9 @@ def _generate_parallel(todo, settings, shard_dir, n_workers, advance) -> None:
     if not torch.cuda.is_available():
         settings = {**settings, "threads": max(1, (os.cpu_count() or 1) // n_workers)}
     chunks = [list(c) for c in np.array_split(np.array(todo, dtype=object), n_workers)]
+    # Not daemonic: a vLLM worker starts its own engine process.
     procs = [
-        ctx.Process(target=_worker, args=(rank, n_workers, settings, chunk, str(shard_dir), progress), daemon=True)
+        ctx.Process(target=_worker, args=(rank, settings, chunk, str(shard_dir), progress), daemon=False)
         for rank, chunk in enumerate(chunks)
     ]
     for p in procs:
@@ -483,59 +347,6 @@ def _generate_parallel(todo, settings, shard_dir, n_workers, advance) -> None:
         raise RuntimeError(error[0])
 
 
-def merge_predictions(df: pd.DataFrame, done: dict[str, dict], failed: Sequence[dict]) -> pd.DataFrame:
-    """Benchmark columns without the image, in benchmark order, plus the generated columns."""
-    by_index = dict(done)
-    for rec in failed:
-        by_index.setdefault(str(rec["index"]), rec)
-    keys = df["index"].astype(str)
-    out = df.drop(columns=["image"]).reset_index(drop=True)
-    for col in PREDICTION_COLUMNS:
-        out[col] = [by_index.get(k, {}).get(col) for k in keys]
-    out["gen_seconds"] = pd.to_numeric(out["gen_seconds"], errors="coerce").astype("float64")
-    out["gen_tokens"] = pd.to_numeric(out["gen_tokens"], errors="coerce").astype("Int64")
-    out["prediction"] = out["prediction"].astype("string")
-    out["error"] = out["error"].astype("string")
-    return out
-
-
-# ---------------------------------------------------------------- xlsx export
-
-
-def export_xlsx(preds: pd.DataFrame, path: str | Path) -> list[dict]:
-    """Write the VLMEvalKit-style .xlsx: text stays text (never a formula, URL or number).
-
-    Excel cells hold at most 32,767 characters: longer ones are cut to fit with a visible marker, and each is
-    logged and returned (index, column, length); the parquet keeps the full text.
-    """
-    path = Path(path)
-    frame = preds.copy()
-    long_cells = []
-    for col in frame.columns:
-        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
-            for pos, value in enumerate(frame[col]):
-                if isinstance(value, str) and len(value) > XLSX_CELL_LIMIT:
-                    marker = f" [cut: {len(value)} characters in total; see the parquet]"
-                    frame.iat[pos, frame.columns.get_loc(col)] = value[: XLSX_CELL_LIMIT - len(marker)] + marker
-                    long_cells.append({"index": str(frame["index"].iat[pos]), "column": col, "length": len(value)})
-    for cell in long_cells:
-        log.warning(
-            "%s: index %s column %s has %d characters, over Excel's %d; cut with a marker in the xlsx",
-            path.name,
-            cell["index"],
-            cell["column"],
-            cell["length"],
-            XLSX_CELL_LIMIT,
-        )
-    options = {"strings_to_formulas": False, "strings_to_urls": False, "strings_to_numbers": False}
-    with atomic_path(path) as tmp:
-        tmp_xlsx = tmp.with_suffix(".xlsx")  # pandas picks the engine by suffix
-        with pd.ExcelWriter(tmp_xlsx, engine="xlsxwriter", engine_kwargs={"options": options}) as writer:
-            frame.to_excel(writer, index=False)
-        os.replace(tmp_xlsx, tmp)
-    return long_cells
-
-
 # ---------------------------------------------------------------- command line
 
 
@@ -547,15 +358,52 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--system-prompt", default="none", help="system prompt text, or 'none' for the chat template's default"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="hf",
+        help="generation backend: transformers generate (hf) or vLLM's offline engine (vllm) (default: hf)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=512, help="greedy decoding length limit per reply (default: 512)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="rows per generate call in each worker: one left-padded batch (hf) or one group of requests that vLLM "
+        "schedules itself (vllm) (default: 8)",
+    )
     parser.add_argument("--shard-dir", default=None, help="resumable shards (default: hidden folder next to --out)")
-    parser.add_argument("--on-bad-image", choices=("error", "skip"), default="error")
-    parser.add_argument("--workers", type=int, default=None, help="data-parallel workers (default: one per GPU)")
-    parser.add_argument("--min-pixels", type=int, default=None)
-    parser.add_argument("--max-pixels", type=int, default=None)
+    parser.add_argument(
+        "--on-bad-image",
+        choices=("error", "skip"),
+        default="error",
+        help="an image that does not decode: stop naming its index (error), or skip the row, scored as wrong (skip)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-parallel workers (default: one per GPU, or per --tensor-parallel-size GPUs with vllm)",
+    )
+    parser.add_argument(
+        "--min-pixels", type=int, default=None, help="image processor lower pixel limit (default: the model folder's)"
+    )
+    parser.add_argument(
+        "--max-pixels", type=int, default=None, help="image processor upper pixel limit (default: the model folder's)"
+    )
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float32")
-    parser.add_argument("--attn-implementation", default="auto")
+    parser.add_argument("--attn-implementation", default="auto", help="hf backend only")
+    parser.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="vllm: GPUs of one engine (default: 1, data parallel)"
+    )
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9, help="vllm: share of each GPU's memory (default: 0.9)"
+    )
+    parser.add_argument(
+        "--max-model-len", type=int, default=None, help="vllm: prompt + reply token limit (default: the model's)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -576,6 +424,10 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         attn_implementation=args.attn_implementation,
         log_file=args.log,
+        backend=args.backend,
+        tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
     )
     print(json.dumps(summary))
     return 0

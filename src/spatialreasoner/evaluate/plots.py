@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from spatialreasoner.errors import ConfigError, DataError
-from spatialreasoner.evaluate.score import TABLE_COLUMNS
+from spatialreasoner.evaluate.tables import CHANCE, CVB_MEAN, CVB_POOLED, HIGH, LOW, PAPER_ALIASES, read_table_csv
 from spatialreasoner.taxonomy import BENCHMARKS, CVB, CVB_CATEGORIES, SRB, SRB_SUBTYPES, SRB_TYPES
 from spatialreasoner.utils import atomic_path, json_object_arg
 
@@ -37,12 +37,13 @@ DPI = 110
 STAGES = ("sft", "grpo")
 #: Bars of a panel are labelled with their value up to this many bars.
 MAX_LABELLED_BARS = 40
-#: The random baseline's row name (``spatialreasoner tables``); drawn in grey.
+#: Rows of baselines (the expected chance accuracy, a seeded random draw), drawn in greys.
 RANDOM = "random"
+BASELINE_GREYS = {CHANCE: "0.45"}
 #: Panels of each benchmark's figure: (title, columns).
 PANELS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     SRB: (("overall and question types", ("overall", *SRB_TYPES)), ("subtypes", SRB_SUBTYPES)),
-    CVB: (("overall and categories", ("overall", *CVB_CATEGORIES)),),
+    CVB: (("overall and categories", (CVB_POOLED, CVB_MEAN, *CVB_CATEGORIES)),),
 }
 _REWARD_KEY = re.compile(r"^rewards/(.+)/mean$")
 
@@ -51,32 +52,12 @@ _REWARD_KEY = re.compile(r"^rewards/(.+)/mean$")
 
 
 def read_table(path: str | Path, benchmark: str) -> pd.DataFrame:
-    """A benchmark table (``model`` + the benchmark's columns, numbers in %); a DataError naming what is wrong."""
-    if benchmark not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: missing; write the tables first (spatialreasoner tables)")
-    try:
-        df = pd.read_csv(path)
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read as a CSV table: {exc}") from exc
-    expected = ["model", *TABLE_COLUMNS[benchmark]]
-    missing = [c for c in expected if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; a {benchmark} table has {', '.join(expected)}"
-        )
-    if df.empty:
-        raise DataError(f"{path}: no rows; expected one row per model")
-    values = df[list(TABLE_COLUMNS[benchmark])].apply(pd.to_numeric, errors="coerce")
-    bad = values.isna() & df[list(TABLE_COLUMNS[benchmark])].notna()
-    if bad.any().any():
-        column = bad.any()[bad.any()].index[0]
-        raise DataError(f"{path}: column {column} holds non-numeric values; expected accuracies in %")
-    out = values.copy()
-    out.insert(0, "model", df["model"].astype(str))
-    return out
+    """A benchmark table written by ``spatialreasoner tables``, checked (columns, numbers in range)."""
+    return read_table_csv(path, benchmark)
+
+
+def is_baseline(model: str) -> bool:
+    return model in BASELINE_GREYS or model.startswith(RANDOM)
 
 
 def _label(column: str) -> str:
@@ -97,8 +78,15 @@ def _draw_bars(
     any_paper = False
     for i, (_, row) in enumerate(table.iterrows()):
         pos = x - 0.4 + width * (i + 0.5)
-        heights = [float(row[c]) for c in columns]
-        bars = ax.bar(pos, heights, width=width * 0.92, color=colors[row["model"]], label=row["model"])
+        heights = np.array([float(row[c]) for c in columns])
+        low = np.array([float(row[f"{c} {LOW}"]) for c in columns])
+        high = np.array([float(row[f"{c} {HIGH}"]) for c in columns])
+        # the 95% interval as an error bar (none where the column has no rows)
+        yerr = np.nan_to_num(np.stack([heights - low, high - heights]), nan=0.0).clip(min=0.0)
+        bars = ax.bar(
+            pos, np.nan_to_num(heights), width=width * 0.92, color=colors[row["model"]], label=row["model"],
+            yerr=yerr, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.2"},
+        )  # fmt: skip
         if n * len(columns) <= MAX_LABELLED_BARS:  # numbers on the bars (a 0 bar is otherwise invisible)
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
         ref = published.get(row["model"]) or {}
@@ -131,10 +119,16 @@ def plot_table(
     table = read_table(table_csv, benchmark)
     by_paper_model = (paper or {}).get(benchmark, {}) or {}
     names = paper_names or {}
-    published = {m: by_paper_model.get(names.get(m)) or {} for m in table["model"] if names.get(m)}
+    aliases = PAPER_ALIASES.get(benchmark, {})
+    published = {
+        m: {aliases.get(k, k): v for k, v in (by_paper_model.get(names.get(m)) or {}).items()}
+        for m in table["model"]
+        if names.get(m)
+    }
     palette = [f"C{i}" for i in range(10)]
-    others = [m for m in table["model"] if m != RANDOM]
-    colors = {m: palette[i % len(palette)] for i, m in enumerate(others)} | {RANDOM: "0.6"}
+    others = [m for m in table["model"] if not is_baseline(m)]
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(others)}
+    colors |= {m: BASELINE_GREYS.get(m, "0.7") for m in table["model"] if is_baseline(m)}
 
     panels = PANELS[benchmark]
     widest = max(len(columns) for _, columns in panels)
@@ -272,6 +266,38 @@ def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = 
 # ------------------------------------------------------------------------------------------------------------ output
 
 
+# ------------------------------------------------------------------------------------------- accuracy along training
+
+
+def plot_checkpoints(table_csv: str | Path, run: str, out: str | Path) -> Path:
+    """Accuracy of ``run`` against the training step, one line per benchmark with its 95% interval as a band, from
+    ``checkpoints.csv`` (``spatialreasoner checkpoint-table``)."""
+    from spatialreasoner.evaluate.checkpoints import read_checkpoint_table
+
+    table = read_checkpoint_table(table_csv)
+    part = table[table["run"] == run]
+    if part.empty:
+        runs = ", ".join(sorted(table["run"].astype(str).unique()))
+        raise DataError(f"{table_csv}: no rows for run {run!r}; it holds {runs}")
+    fig = Figure(figsize=(7.5, 4.2), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (bench, rows) in enumerate(part.groupby("benchmark", sort=False)):
+        rows = rows.sort_values("step")
+        color = f"C{i}"
+        label = f"{bench} ({rows['metric'].iloc[0]})"
+        ax.plot(rows["step"], rows["accuracy"], marker="o", color=color, label=label)
+        ax.fill_between(rows["step"], rows["ci_low"], rows["ci_high"], color=color, alpha=0.2, linewidth=0)
+    ax.set_xlabel("training step (0: the initial model)")
+    ax.set_ylabel("accuracy (%), 95% interval")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{run}: accuracy along training", fontsize=10, loc="left")
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, out)
+
+
 def _save(fig: Figure, out: str | Path) -> Path:
     out = Path(out)
     with atomic_path(out) as tmp:
@@ -295,6 +321,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--out", required=True, help="PNG file")
     training.add_argument("--run", default=None, help="run name for the title")
     training.add_argument("--stage", default=None, choices=STAGES, help="grpo: reward curves are required")
+    ckpt = sub.add_parser(
+        "checkpoints",
+        help="accuracy along training of a run",
+        description="accuracy of a run's evaluated checkpoints against the step, with the 95%% interval as a band",
+    )
+    ckpt.add_argument("--table", required=True, help="checkpoints.csv written by `spatialreasoner checkpoint-table`")
+    ckpt.add_argument("--run", required=True, help="the run to draw")
+    ckpt.add_argument("--out", required=True, help="PNG file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -302,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
         paper = json_object_arg(args.paper, "--paper")
         names = json_object_arg(args.paper_names, "--paper-names")
         out = plot_table(args.table, args.benchmark, args.out, paper, names)
+    elif args.figure == "checkpoints":
+        out = plot_checkpoints(args.table, args.run, args.out)
     else:
         out = plot_training(args.trainer_state, args.out, run=args.run, stage=args.stage)
     print(out)

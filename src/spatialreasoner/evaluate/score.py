@@ -1,6 +1,9 @@
 """Score benchmark predictions with VLMEvalKit's deterministic matcher: per-row hits and the benchmark's table rows.
 
 3DSRBench is scored with circular accuracy over question groups (and per row); CV-Bench-3D per question, pooled.
+With ``--reference`` (the workflow always gives the benchmark) every benchmark column is taken from the benchmark and
+the predictions file contributes only its ``prediction`` column: a row whose question, options, answer, category or
+qid disagrees with the benchmark is an error naming the rows.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +42,16 @@ PER_ROW_FILE = "table_per_row.csv"  # per-row accuracy (3DSRBench: non-circular,
 SUMMARY_FILE = "summary.json"
 
 _MAX_NAMED = 5
+#: The protocol whose letters come from the LLM judge's file (spatialreasoner.evaluate.judge), not the matcher.
+JUDGE_PROTOCOL = "vlmevalkit"
+SCORE_PROTOCOLS = (*PROTOCOLS, JUDGE_PROTOCOL)
+#: Prediction columns recording the image processor's pixel limits at inference.
+PIXEL_KEYS = ("min_pixels", "max_pixels")
+#: Columns of the benchmark itself; with a reference they come from it, never from the predictions file.
+BENCHMARK_COLUMNS = ("question", *OPTION_LETTERS[:8], "answer", "category", "qid")
+#: Excel's limit on one cell; an .xlsx prediction this long (or ending in the export's marker) was cut.
+XLSX_CELL_LIMIT = 32767
+_CUT_MARKER = re.compile(r" \[cut: \d+ characters in total; see the parquet\]\Z")
 
 
 def _name_rows(indices: Sequence, what: str) -> str:
@@ -143,6 +157,73 @@ def validate_predictions(
             raise DataError(f"{source}: " + _name_rows(no_qid, "without a qid"))
 
 
+def _text(value) -> str:
+    """A cell compared as text: missing -> "", numbers as written (an .xlsx may give 3 for "3")."""
+    if not is_present(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def join_reference(df: pd.DataFrame, ref: pd.DataFrame, source: str, reference: str) -> pd.DataFrame:
+    """The benchmark's rows (every benchmark column from ``ref``) with the ``prediction`` of ``df`` for each index.
+
+    ``df`` must cover exactly the benchmark's indices, and wherever it carries a benchmark column (question,
+    options, answer, category, qid) its cells must equal the benchmark's; DataError naming the rows otherwise.
+    """
+    if "index" not in df.columns:
+        raise DataError(f"{source}: missing column index; have {', '.join(map(str, df.columns))}")
+    if "prediction" not in df.columns:
+        raise DataError(f"{source}: missing column prediction; have {', '.join(map(str, df.columns))}")
+    keys = df["index"].map(_text)
+    if (keys == "").any():
+        raise DataError(f"{source}: " + _name_rows(list(np.flatnonzero(keys == "")), "without an index (row position)"))
+    dup = sorted(set(keys[keys.duplicated(keep=False)]), key=str)
+    if dup:
+        raise DataError(f"{source}: duplicate indices; " + _name_rows(dup, "repeated"))
+    ref_keys = ref["index"].map(_text)
+    have, want = set(keys), list(ref_keys)
+    absent = [i for i in want if i not in have]
+    if absent:
+        raise DataError(f"{source}: predictions missing benchmark rows of {reference}; " + _name_rows(absent, "absent"))
+    extra = sorted(have - set(want), key=str)
+    if extra:
+        raise DataError(f"{source}: " + _name_rows(extra, f"not in the benchmark {reference}"))
+    pred = df.assign(_key=keys.to_numpy()).set_index("_key").loc[want]
+    for col in BENCHMARK_COLUMNS:
+        if col not in pred.columns:
+            continue  # taken from the benchmark
+        theirs = pred[col].map(_text).to_numpy()
+        ours = ref[col].map(_text).to_numpy() if col in ref.columns else np.full(len(ref), "")
+        differ = [want[i] for i in np.flatnonzero(theirs != ours)]
+        if differ:
+            first = want.index(differ[0])
+            raise DataError(
+                f"{source}: column {col} disagrees with the benchmark {reference}; "
+                + _name_rows(differ, "differ")
+                + f" (index {differ[0]}: {theirs[first]!r} in the predictions, {ours[first]!r} in the benchmark); "
+                "the predictions were made on another version of the benchmark or edited: run inference again"
+            )
+    benchmark_cols = [c for c in ref.columns if c != "image"]
+    own = [c for c in pred.columns if c not in set(benchmark_cols) and c not in BENCHMARK_COLUMNS]
+    merged = ref[benchmark_cols].reset_index(drop=True)
+    for col in own:
+        merged[col] = pred[col].to_numpy()
+    return merged
+
+
+def cut_predictions(df: pd.DataFrame, path: Path) -> list:
+    """Indices of an .xlsx's predictions that were cut at Excel's cell limit (the export's marker, or full length)."""
+    if path.suffix.lower() not in (".xlsx", ".xls") or "prediction" not in df.columns:
+        return []
+    return [
+        idx
+        for idx, text in zip(df["index"], df["prediction"], strict=True)
+        if isinstance(text, str) and (len(text) >= XLSX_CELL_LIMIT or _CUT_MARKER.search(text))
+    ]
+
+
 def circular_group(qid: pd.Series) -> pd.Series:
     """The circular group of each ``qid``: a trailing ``-<one character>`` removed (``X-1`` -> ``X``,
     ``X-flip-2`` -> ``X-flip``); a flipped question (``X-flip``) is its own group."""
@@ -197,9 +278,13 @@ def circular_groups(hits: pd.DataFrame) -> pd.DataFrame:
     return groups.drop(columns="n_categories").reset_index()
 
 
-def score_frame(df: pd.DataFrame, benchmark: str, protocol: str = "answer_tag") -> tuple[pd.DataFrame, dict]:
-    """Extract and score every row of a validated predictions table; return the hits and the table row(s)."""
-    extracted = extract_letters(df, protocol)
+def score_frame(
+    df: pd.DataFrame, benchmark: str, protocol: str = "answer_tag", letters: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """Extract and score every row of a validated predictions table; return the hits and the table row(s).
+
+    ``letters``, when given, are the rows' answers as already decided (the judge's, for ``vlmevalkit``)."""
+    extracted = list(letters) if letters is not None else extract_letters(df, protocol)
     hits = pd.DataFrame({"index": df["index"].to_numpy()})
     if "qid" in df.columns:
         hits["qid"] = df["qid"].to_numpy()
@@ -216,6 +301,30 @@ def score_frame(df: pd.DataFrame, benchmark: str, protocol: str = "answer_tag") 
     return hits, tables
 
 
+def judged_letters(path: str | Path, df: pd.DataFrame) -> tuple[list[str], dict]:
+    """The judge's letter for every row of ``df`` from a judged file (``spatialreasoner judge``), and its counts;
+    a row absent from it, or judged on another prediction, is a DataError naming the rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the judge first (spatialreasoner judge)")
+    judged = pd.read_parquet(path)
+    missing = [c for c in ("index", "prediction", "letter", "judged", "fallback") if c not in judged.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} of a judged file; run the judge again")
+    by_index = {_text(i): row for i, row in zip(judged["index"], judged.to_dict("records"), strict=True)}
+    letters, stale = [], []
+    for index, prediction in zip(df["index"], df["prediction"], strict=True):
+        row = by_index.get(_text(index))
+        if row is None or row["prediction"] != ("" if not is_present(prediction) else str(prediction)):
+            stale.append(index)
+        else:
+            letters.append(str(row["letter"]))
+    if stale:
+        raise DataError(f"{path}: " + _name_rows(stale, "absent or judged on another prediction") + "; judge again")
+    counts = {"judged": int(judged["judged"].sum()), "judge_fallback": int(judged["fallback"].sum())}
+    return letters, counts
+
+
 def score_file(
     predictions: str | Path,
     benchmark: str,
@@ -224,6 +333,7 @@ def score_file(
     model: str | None = None,
     reference: str | Path | None = None,
     random_seed: int | None = None,
+    judged: str | Path | None = None,
 ) -> dict:
     """Read, validate, score and write ``hits.csv``, ``table.csv`` (+ ``table_per_row.csv``) and a summary."""
     start = time.perf_counter()
@@ -233,13 +343,27 @@ def score_file(
     df = read_table(predictions)
     if random_seed is not None:
         df = df.drop(columns=[c for c in ("image", "prediction") if c in df.columns])
-    reference_index = None
     if reference is not None:
-        reference_index = read_table(reference, columns=["index"])["index"].tolist()
-    validate_predictions(df, benchmark, str(predictions), reference_index, need_prediction=random_seed is None)
+        ref = read_table(reference)
+        validate_predictions(ref, benchmark, str(reference), need_prediction=False)
+        # the random baseline scores the benchmark's own rows
+        df = join_reference(df, ref, str(predictions), str(reference)) if random_seed is None else ref
+    validate_predictions(df, benchmark, str(predictions), need_prediction=random_seed is None)
+    cut = cut_predictions(df, predictions)
+    if cut:
+        log.warning(
+            "%s: %s; they are scored as they are (an answer after the cut is lost): score the parquet instead",
+            predictions,
+            _name_rows(cut, f"hold a prediction cut at Excel's {XLSX_CELL_LIMIT}-character cell limit"),
+        )
     if random_seed is not None:
         df["prediction"] = random_predictions(df, random_seed)
-    hits, tables = score_frame(df, benchmark, protocol)
+    letters, judge_counts = None, {}
+    if protocol == JUDGE_PROTOCOL:
+        if judged is None:
+            raise DataError(f"protocol {JUDGE_PROTOCOL} needs the judged file (--judged) of {predictions}")
+        letters, judge_counts = judged_letters(judged, df)
+    hits, tables = score_frame(df, benchmark, protocol, letters)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / HITS_FILE) as tmp:
@@ -261,6 +385,11 @@ def score_file(
         "hits": int(hits["hit"].sum()),
         "unmatched_Z": int((hits["extracted"] == "Z").sum()),
         "missing_predictions": n_missing,
+        "cut_predictions": len(cut),
+        "reference": str(reference) if reference is not None else None,
+        **judge_counts,
+        # The image processor's pixel limits inference used (recorded in the predictions), or None.
+        **{k: (int(df[k].iloc[0]) if k in df.columns and is_present(df[k].iloc[0]) else None) for k in PIXEL_KEYS},
         "main": tables["main"],
         "per_row": tables["per_row"],
         "seconds": round(time.perf_counter() - start, 3),
@@ -291,10 +420,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "prediction (and qid for 3DSRBench); with --random-seed, the benchmark TSV itself",
     )
     parser.add_argument("--out", required=True, help="output folder for hits.csv, table.csv, summary.json")
-    parser.add_argument("--protocol", default="answer_tag", choices=PROTOCOLS)
+    parser.add_argument("--protocol", default="answer_tag", choices=SCORE_PROTOCOLS)
+    parser.add_argument("--judged", default=None, help="judged file of the predictions (protocol vlmevalkit)")
     parser.add_argument("--model", default=None, help="model name in the table row (default: the file's folder)")
     parser.add_argument(
-        "--reference", default=None, help="benchmark TSV whose indices the predictions must cover exactly"
+        "--reference",
+        default=None,
+        help="benchmark TSV: its indices must be covered exactly, and every benchmark column (question, options, "
+        "answer, category, qid) is taken from it and must agree with the predictions file's",
     )
     parser.add_argument(
         "--random-seed",
@@ -313,6 +446,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         reference=args.reference,
         random_seed=args.random_seed,
+        judged=args.judged,
     )
     print(json.dumps({k: summary[k] for k in ("model", "benchmark", "rows", "hits", "main")}))
     return 0

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spatialreasoner.errors import ConfigError
-from spatialreasoner.synth.questions import CATEGORIES_CVBENCH3D, SUBTYPES_3DSRBENCH, Question, ask
+from spatialreasoner.synth.questions import CATEGORIES_CVBENCH3D, COT_DECIMALS, SUBTYPES_3DSRBENCH, Question, ask
 from spatialreasoner.synth.render import encode_jpeg, render
 from spatialreasoner.synth.scene import Scene, mirror, sample_scene
 from spatialreasoner.utils import atomic_path, json_object_arg
@@ -63,6 +63,7 @@ DEFAULTS: dict = {
     "3DSRBench": {"questions": 60, "flip": list(FLIP_SUBTYPES)},
     "CV-Bench-3D": {"questions": 120},
     "jpeg_quality": 90,
+    "cot_decimals": 2,
 }
 # Independent random streams, so that changing one count does not change the other parts.
 STREAMS = {"sft-train": 1, "sft-val": 2, "rl-train": 3, "rl-val": 4, "llava": 5, "3DSRBench": 6, "CV-Bench-3D": 7}
@@ -90,6 +91,8 @@ def resolve_config(cfg: dict | None) -> dict:
         raise ConfigError(f"synthetic.objects: expected [min, max] with 3 <= min <= max <= 8, got {out['objects']}")
     if int(out["image_size"]) < 28:
         raise ConfigError(f"synthetic.image_size: expected at least 28 pixels, got {out['image_size']}")
+    if not (isinstance(out["cot_decimals"], int) and 0 <= out["cot_decimals"] <= 4):
+        raise ConfigError(f"synthetic.cot_decimals: expected an integer from 0 to 4, got {out['cot_decimals']!r}")
     unknown_flip = set(out["3DSRBench"]["flip"]) - set(SUBTYPES_3DSRBENCH)
     if unknown_flip:
         raise ConfigError(f"synthetic.3DSRBench.flip: unknown subtypes {sorted(unknown_flip)}")
@@ -251,9 +254,17 @@ def _b64(data: bytes) -> str:
 
 def generate(out_dir: str | Path, cfg: dict | None = None) -> dict:
     """Write every output into ``out_dir``; returns counts (rows, images, scenes/s)."""
+    cfg = resolve_config(cfg)
+    token = COT_DECIMALS.set(int(cfg["cot_decimals"]))
+    try:
+        return _generate(out_dir, cfg)
+    finally:
+        COT_DECIMALS.reset(token)
+
+
+def _generate(out_dir: str | Path, cfg: dict) -> dict:
     import pandas as pd
 
-    cfg = resolve_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     quality = int(cfg["jpeg_quality"])

@@ -6,6 +6,7 @@ Covers the 12 3DSRBench subtypes and CV-Bench-3D's Depth and Distance. Every rea
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -80,8 +81,19 @@ class Question:
         return "<think>" + "\n".join((*self.reasoning, conclusion)) + f"</think>\n<answer>{self.answer_letter}</answer>"
 
 
-def fmt_vec(v: np.ndarray) -> str:
-    return "({:.2f}, {:.2f}, {:.2f})".format(*(float(x) + 0.0 for x in v))
+#: Decimals of the locations, vectors and distances (metres) the reasoning states (``synthetic.cot_decimals``), set
+#: for one generation by ``generate``; unit directions and cosines always keep 2 (0 decimals would erase them).
+COT_DECIMALS: contextvars.ContextVar[int] = contextvars.ContextVar("cot_decimals", default=2)
+UNIT_DECIMALS = 2
+
+
+def fmt_num(x: float, decimals: int | None = None) -> str:
+    places = COT_DECIMALS.get() if decimals is None else decimals
+    return f"{float(x) + 0.0:.{places}f}"
+
+
+def fmt_vec(v: np.ndarray, decimals: int | None = None) -> str:
+    return "(" + ", ".join(fmt_num(x, decimals) for x in v) + ")"
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,11 +113,11 @@ def say_location(o: Object3D) -> str:
 
 
 def say_dist_camera(o: Object3D) -> str:
-    return f"The distance from {_the(o)} to the camera is {np.linalg.norm(o.location):.2f}."
+    return f"The distance from {_the(o)} to the camera is {fmt_num(np.linalg.norm(o.location))}."
 
 
 def say_dist_between(a: Object3D, b: Object3D) -> str:
-    return f"The distance between {_the(a)} and {_the(b)} is {np.linalg.norm(b.location - a.location):.2f}."
+    return f"The distance between {_the(a)} and {_the(b)} is {fmt_num(np.linalg.norm(b.location - a.location))}."
 
 
 def say_vector(a_name: str, b_name: str, v: np.ndarray) -> str:
@@ -113,15 +125,15 @@ def say_vector(a_name: str, b_name: str, v: np.ndarray) -> str:
 
 
 def say_front(o: Object3D) -> str:
-    return f"The front direction of {_the(o)} is {fmt_vec(o.front)}."
+    return f"The front direction of {_the(o)} is {fmt_vec(o.front, UNIT_DECIMALS)}."
 
 
 def say_left(o: Object3D) -> str:
-    return f"The left direction of {_the(o)} is {fmt_vec(o.left)}."
+    return f"The left direction of {_the(o)} is {fmt_vec(o.left, UNIT_DECIMALS)}."
 
 
 def say_cosine(a_desc: str, b_desc: str, c: float) -> str:
-    return f"The cosine similarity between {a_desc} and {b_desc} is {c:.2f}."
+    return f"The cosine similarity between {a_desc} and {b_desc} is {fmt_num(c, UNIT_DECIMALS)}."
 
 
 def _quadrant(cos_front: float, cos_left: float) -> int | None:

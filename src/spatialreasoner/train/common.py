@@ -27,6 +27,7 @@ RUN_DEFAULTS: dict = {
     "per_device_train_batch_size": 1,
     "gradient_accumulation_steps": 1,
     "num_processes": None,  # training processes; default: the job's GPUs (minus a vLLM server GPU), 1 on CPU
+    "shutdown_timeout": 540,  # seconds `accelerate launch` waits for the signal checkpoint before killing processes
     "max_grad_norm": 1.0,
     "weight_decay": 0.0,
     "precision": "auto",  # auto = bf16 on GPUs, fp32 on CPU
@@ -50,12 +51,13 @@ RUN_DEFAULTS: dict = {
     "max_completion_length": 512,
     "beta": 0.0,
     "temperature": 0.9,
-    "loss_type": "grpo",
+    "logprob_temperature": None,  # temperature of the training log-probs; None: `temperature` (TRL 1.16)
+    "loss_type": "bnpo",  # token sum / token count of the local batch, as the official trainer
     "scale_rewards": "group",
     "log_completions": False,  # print sampled completions as a table at each logging step
     "system_prompt": "system",  # key of `prompts` used as the GRPO system prompt (null: none)
     "instruction": None,  # key of `prompts` replacing the question's last line (e.g. the 3D-reward ablation)
-    "vllm": {"mode": None, "gpu_memory_utilization": 0.6, "server_gpus": 1},
+    "vllm": {"mode": None, "gpu_memory_utilization": 0.6, "server_gpus": 1, "importance_sampling_correction": True},
 }
 
 
@@ -112,7 +114,7 @@ def training_kwargs(cfg: Mapping, workdir: Path, max_steps: int, seed: int, run_
         "weight_decay": float(cfg["weight_decay"]),
         "bf16": bf16,
         "use_cpu": not on_gpu(),
-        "activation_checkpointing": bool(cfg["gradient_checkpointing"]),
+        "gradient_checkpointing": bool(cfg["gradient_checkpointing"]),
         "save_strategy": "steps",
         "save_steps": int(cfg["save_steps"]),
         "save_total_limit": cfg["save_total_limit"],
@@ -125,7 +127,7 @@ def training_kwargs(cfg: Mapping, workdir: Path, max_steps: int, seed: int, run_
         "disable_tqdm": False,
     }
     if cfg["gradient_checkpointing"]:
-        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     kwargs.update(cfg.get("trainer_args") or {})
     return kwargs
 
@@ -185,7 +187,7 @@ _NOT_MODEL_FILES = {"optimizer.pt", "scheduler.pt", "training_args.bin", "latest
 def export_final_model(checkpoint: Path, out: Path, run_json: Mapping) -> Path:
     """Write the final model folder atomically from the last checkpoint: weights, processor, chat template,
     ``trainer_state.json`` and ``run.json``. Nothing is downloaded; the folder is complete or absent."""
-    from spatialreasoner.modeling import check_model_dir
+    from spatialreasoner.modeling import check_model_dir, with_weight_hashes
 
     checkpoint, out = Path(checkpoint), Path(out)
     with atomic_path(out) as tmp:
@@ -201,7 +203,7 @@ def export_final_model(checkpoint: Path, out: Path, run_json: Mapping) -> Path:
             if isinstance(config.get("text_config"), dict):
                 config["text_config"]["use_cache"] = True
             config_file.write_text(json.dumps(config, indent=2) + "\n")
-        write_json_atomic(tmp / "run.json", run_json)
+        write_json_atomic(tmp / "run.json", with_weight_hashes(run_json, tmp))
         check_model_dir(tmp)
         if not any((tmp / n).is_file() for n in ("chat_template.jinja", "chat_template.json")):
             tok_cfg = json.loads((tmp / "tokenizer_config.json").read_text())

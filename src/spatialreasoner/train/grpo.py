@@ -5,6 +5,7 @@ Every table column reaches the rewards as a keyword argument (``answer``, ``A``-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping
@@ -89,7 +90,11 @@ def build_trainer(
 
     from spatialreasoner.modeling import load_model, resolve_attn_implementation
     from spatialreasoner.train.common import model_dtype
+    from spatialreasoner.train.resume import CheckedResumeMixin
     from spatialreasoner.train.rewards import resolve_rewards
+
+    class ResumingGRPOTrainer(CheckedResumeMixin, GRPOTrainer):
+        """GRPOTrainer whose resume restores the checkpoint's weights (checked key by key)."""
 
     reward_funcs = resolve_rewards(cfg["rewards"])
     completions_per_step = cfg["per_device_train_batch_size"] * num_processes * cfg["gradient_accumulation_steps"]
@@ -110,7 +115,21 @@ def build_trainer(
         "remove_unused_columns": False,  # the rewards need the answer, options and category columns
         "log_completions": bool(cfg["log_completions"]),
         "use_vllm": vllm["mode"] is not None,
+        "vllm_importance_sampling_correction": bool(vllm["importance_sampling_correction"]),
     }
+    logprob_temperature = cfg["logprob_temperature"]
+    if (
+        logprob_temperature is not None
+        and float(logprob_temperature) != float(cfg["temperature"])
+        and vllm["mode"] is not None
+        and vllm["importance_sampling_correction"]
+    ):
+        # vLLM returns log-probs at the sampling temperature; a ratio against other log-probs is biased.
+        raise ConfigError(
+            f"runs.<run>.logprob_temperature={logprob_temperature} differs from temperature={cfg['temperature']}, "
+            "which biases vLLM's importance-sampling correction; set vllm.importance_sampling_correction: false "
+            "(as the official trainer, which had none) or logprob_temperature: null"
+        )
     if vllm["mode"] is not None:
         if vllm["mode"] not in ("colocate", "server"):
             raise ConfigError(f"runs.<run>.vllm.mode must be colocate, server or null, got {vllm['mode']!r}")
@@ -130,11 +149,52 @@ def build_trainer(
     # GRPOTrainer left-pads prompts; the processor must pad the same side, or its multimodal token types (which
     # place the image tokens for Qwen2.5-VL's 3D positions) are shifted against the ids of shorter prompts.
     processor.tokenizer.padding_side = "left"
-    return GRPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
-        callbacks=callbacks,
-    )
+    engine = contextlib.nullcontext()
+    if vllm["mode"] == "colocate":
+        from spatialreasoner.train.vllm_colocate import colocated_engine_arguments, engine_pixel_limits
+
+        # The engine sees the images as the trainer's processor does (the run's pixel limits), one per prompt, and
+        # computes in the training dtype (vLLM's "auto" would run a float32 model in bfloat16 on a CPU).
+        engine = colocated_engine_arguments(
+            mm_processor_kwargs=engine_pixel_limits(processor),
+            limit_mm_per_prompt={"image": 1, "video": 0},
+            dtype=model_dtype(cfg),
+        )
+    with engine:
+        trainer = ResumingGRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=dataset,
+            processing_class=processor,
+            callbacks=callbacks,
+        )
+    if logprob_temperature is not None:
+        set_logprob_temperature(trainer, float(logprob_temperature))
+    if vllm["mode"] == "colocate":
+        from spatialreasoner.train.vllm_colocate import use_reload_for_colocated_sync
+
+        use_reload_for_colocated_sync(trainer)
+    return trainer
+
+
+def set_logprob_temperature(trainer, temperature: float) -> None:
+    """Compute the policy's (and reference model's) training log-probabilities at ``temperature``.
+
+    TRL 1.16 divides the logits by the sampling temperature inside the fused LM head it adds to the model at
+    construction, and has no setting for another value; the official trainer scored completions with the raw logits
+    (temperature 1) while sampling at 0.9. Generation keeps the sampling temperature: only the head is replaced,
+    by TRL's own ``add_fused_lm_head`` on the model's unpatched forward.
+    """
+    from trl.trainer.utils import add_fused_lm_head
+
+    for model, outputs in ((trainer.model, ("log_probs", "entropy")), (trainer.ref_model, ("log_probs",))):
+        if model is None:
+            continue
+        if "forward" not in vars(model):
+            raise ConfigError("runs.<run>.logprob_temperature: this TRL version adds no fused LM head to replace")
+        del model.forward  # back to the class's forward, which the fused head wraps
+        add_fused_lm_head(
+            model, temperature=temperature, cast_lm_head_to_fp32=trainer.args.cast_lm_head_to_fp32, outputs=outputs
+        )
+    log.info("training log-probabilities at temperature %s (sampling at %s)", temperature, trainer.temperature)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from spatialreasoner.errors import SpatialReasonerError
+from spatialreasoner.errors import ConfigError, SpatialReasonerError
 from spatialreasoner.utils import json_object_arg
 
 log = logging.getLogger(__name__)
@@ -68,15 +68,37 @@ def _config_changes(workdir: Path, comparable: Mapping) -> list[str]:
     if not record.is_file():
         return []
     before = json.loads(record.read_text())
-    return sorted(k for k in set(before) | set(comparable) if before.get(k) != comparable.get(k))
+    keys = (set(before) | set(comparable)) - LAYOUT_KEYS  # the batch layout is checked by _layout_conflict
+    return sorted(k for k in keys if before.get(k) != comparable.get(k))
 
 
 #: Run keys that change how a run is saved, logged or scheduled, not what it learns: changing them keeps checkpoints.
 #: (stop_steps only moves the stop inside the same full schedule, so a run can be extended from its checkpoints.)
 BOOKKEEPING_KEYS = frozenset(
     {"resources", "stop_steps", "save_steps", "save_total_limit", "logging_steps", "log_completions", "report_to",
-     "wandb", "dataloader_num_workers"}
+     "wandb", "dataloader_num_workers", "shutdown_timeout"}
 )  # fmt: skip
+
+
+#: How the global batch is split over processes: compared through the working folder's schedule.json instead, so
+#: that a run resumes on another process count when its samples per step and schedule stay the same.
+LAYOUT_KEYS = frozenset({"num_processes", "per_device_train_batch_size", "gradient_accumulation_steps"})
+
+
+def _layout_conflict(workdir: Path, resume: Path | None, layout: Mapping) -> str | None:
+    """Why ``resume`` cannot continue with this job's batch layout (None when it can or nothing was recorded)."""
+    from spatialreasoner.train.schedule import resume_conflict
+
+    record = workdir / "schedule.json"
+    if resume is None or not record.is_file():
+        return None
+    before = json.loads(record.read_text())
+    problem = resume_conflict(before, layout)
+    if problem is None and before.get("num_processes") != layout["num_processes"]:
+        log.warning("resuming %s, made with %s process(es), with %s: weights, optimizer, schedule and data position "
+                    "carry over, per-process random states only where the rank existed before",
+                    resume, before.get("num_processes"), layout["num_processes"])  # fmt: skip
+    return problem
 
 
 def _comparable_config(cfg: Mapping, init: Path, data: Path) -> dict:
@@ -118,13 +140,22 @@ def train(
     from spatialreasoner.modeling import check_model_dir, load_processor
     from spatialreasoner.train import grpo, sft
     from spatialreasoner.train.callbacks import LogMetricsCallback, SignalCheckpointCallback, StopAtStepCallback
-    from spatialreasoner.train.common import export_final_model, resolve_run_config, run_record, training_kwargs
-    from spatialreasoner.train.schedule import full_schedule_steps, warmup_steps
+    from spatialreasoner.train.common import (
+        export_final_model,
+        on_gpu,
+        resolve_run_config,
+        run_record,
+        training_kwargs,
+    )
+    from spatialreasoner.train.launch import log_from_main_process_only
+    from spatialreasoner.train.schedule import batch_layout, full_schedule_steps, warmup_steps
 
     cfg = resolve_run_config(run_cfg)
     check_model_dir(init)
     workdir, out = Path(workdir), Path(out)
-    state = PartialState()
+    # On CPU the processes `accelerate launch` starts join a gloo group only when told to use the CPU.
+    state = PartialState(cpu=not on_gpu())
+    log_from_main_process_only(state.process_index, state.num_processes)
     num_processes = state.num_processes
     rows = table_rows(data)
     generations = cfg["num_generations"] if cfg["stage"] == "grpo" else 1
@@ -151,24 +182,39 @@ def train(
         warmup_steps(total, cfg["warmup_ratio"]),
         stop,
     )
-    if cfg["stage"] == "grpo" and cfg.get("max_prompt_length"):
-        # TRL's GRPOTrainer no longer truncates prompts (truncation would cut image tokens); recorded for the record.
-        log.info("max_prompt_length=%s is recorded, not enforced", cfg["max_prompt_length"])
+    # Every SFT sequence / GRPO prompt within the run's limits and the model's context, before anything is written
+    # or loaded (every rank checks, so that all stop together).
+    from spatialreasoner.budget import check_training_budget
+
+    budget = check_training_budget(
+        cfg, data, load_processor(init, min_pixels=min_pixels, max_pixels=max_pixels), init, prompts
+    )
     record = run_record(
         run_name,
         cfg,
         seed,
         init,
         data,
-        {"full_schedule_steps": total, "stop_steps": stop, "num_processes": num_processes, "rows": rows},
-    )
+        {"full_schedule_steps": total, "stop_steps": stop, "num_processes": num_processes, "rows": rows,
+         "token_budget": budget},
+    )  # fmt: skip
 
     # Resuming checkpoints made with another config (learning rate, schedule, data...) would silently mix two
     # runs, so they are set aside. Every rank reads the old record before the main process replaces it.
     comparable = _comparable_config(cfg, init, data)
     resume = last_checkpoint(workdir)
     changed = _config_changes(workdir, comparable)
+    layout = batch_layout(cfg["per_device_train_batch_size"], num_processes, cfg["gradient_accumulation_steps"], total)
+    conflict = None if changed else _layout_conflict(workdir, resume, layout)
     state.wait_for_everyone()
+    if conflict:
+        # Another global batch would change the learning rate at every step and the data each step sees.
+        raise ConfigError(
+            f"run {run_name}: {resume} cannot be resumed: {conflict}. Run it with the same samples per step "
+            "(processes x per_device_train_batch_size x gradient_accumulation_steps), or restart from its weights "
+            f"with a fresh optimizer and the new schedule: move {workdir} aside and run this job's command with "
+            f"--init {resume}"
+        )
     if changed and workdir.exists():
         if state.is_main_process:
             _set_aside_stale_checkpoints(workdir, changed)
@@ -179,6 +225,7 @@ def train(
 
         workdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(workdir / "run_config.json", comparable)
+        write_json_atomic(workdir / "schedule.json", layout)
     if resume is not None and checkpoint_step(resume) >= stop:
         log.info("%s already reached step %d; writing the final model from it", resume, stop)
         if state.is_main_process:
@@ -197,6 +244,13 @@ def train(
             trainer.data_collator.chat_template = trainer.chat_template
         else:
             trainer = grpo.build_trainer(cfg, kwargs, init, data, processor, callbacks, prompts or {}, num_processes)
+        if trainer.args.device.type == "cpu" and trainer.args.device.index is not None:
+            # accelerate names each CPU process's device cpu:<index>, and the Trainer loads a checkpoint's optimizer
+            # state with map_location=args.device, which torch.load rejects for cpu:0 ("don't know how to restore
+            # data location"); plain cpu is the same memory.
+            import torch
+
+            trainer.args.__dict__["_setup_devices"] = torch.device("cpu")
         if resume is not None:
             log.info("resuming from %s (step %d)", resume, checkpoint_step(resume))
         started = time.time()

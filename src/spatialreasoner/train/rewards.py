@@ -1,4 +1,4 @@
-"""GRPO reward functions (format, accuracy, reasoning steps, 3D-aware process) and the registry that names them.
+"""GRPO reward functions (format, strict format, accuracy, reasoning steps, 3D-aware process) and their registry.
 
 Each reward is ``f(completions, **columns) -> list[float]``: one float per completion, never an exception on odd text.
 """
@@ -63,14 +63,22 @@ def _column(kwargs: Mapping, name: str, i: int):
 
 # --- format ---------------------------------------------------------------------------------------------------------
 
-# The whole completion must be <think>…</think>, optional whitespace, <answer>…</answer>. The official pattern used
-# re.match with MULTILINE, whose `$` also accepts text after the answer on a later line; fullmatch does not.
-FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+# The official check, verbatim: re.match anchors the start; with MULTILINE, `$` also matches before any newline, so
+# a trailing newline, and further lines after the line that ends with `</answer>`, still pass.
+FORMAT_PATTERN = re.compile(r"^<think>.*?</think>\s*<answer>.*?</answer>$", re.DOTALL | re.MULTILINE)
+# The stricter variant: the whole completion is exactly the two blocks (nothing before, between or after them).
+STRICT_FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 
 
 def format_reward(completions, **kwargs) -> list[float]:
-    """1.0 if the completion is exactly ``<think>…</think>`` then ``<answer>…</answer>`` (dot matches newline)."""
-    return _safe("format", lambda text, i: 1.0 if FORMAT_PATTERN.fullmatch(text) else 0.0, completions)
+    """1.0 if the completion starts with ``<think>…</think>``, then optional white space and ``<answer>…</answer>``
+    ending a line (the official reward's ``re.match`` with DOTALL | MULTILINE), else 0.0."""
+    return _safe("format", lambda text, i: 1.0 if FORMAT_PATTERN.match(text) else 0.0, completions)
+
+
+def strict_format_reward(completions, **kwargs) -> list[float]:
+    """1.0 if the completion is exactly ``<think>…</think>``, optional white space, ``<answer>…</answer>``."""
+    return _safe("format_strict", lambda text, i: 1.0 if STRICT_FORMAT_PATTERN.fullmatch(text) else 0.0, completions)
 
 
 # --- accuracy -------------------------------------------------------------------------------------------------------
@@ -237,6 +245,7 @@ def process_reward(completions, category=None, **kwargs) -> list[float]:
 
 REWARDS: dict[str, RewardFunc] = {
     "format": format_reward,
+    "format_strict": strict_format_reward,
     "accuracy": accuracy_reward,
     "reasoning_steps": reasoning_steps_reward,
     "process": process_reward,

@@ -67,3 +67,31 @@ def official_lr(step: int, base_lr: float, total_steps: int, warmup_ratio: float
     if scheduler == "constant_with_warmup":
         return base_lr
     raise ConfigError(f"lr_scheduler_type {scheduler!r} is not supported; use cosine, linear or constant_with_warmup")
+
+
+def batch_layout(per_device_batch: int, num_processes: int, grad_accum: int, total_steps: int) -> dict:
+    """How a run splits its global batch, recorded next to its checkpoints: resuming needs the same samples per
+    optimizer step and the same full schedule, not the same process count."""
+    return {
+        "num_processes": int(num_processes),
+        "per_device_train_batch_size": int(per_device_batch),
+        "gradient_accumulation_steps": int(grad_accum),
+        "samples_per_step": int(per_device_batch) * int(num_processes) * int(grad_accum),
+        "full_schedule_steps": int(total_steps),
+    }
+
+
+def resume_conflict(before: dict, now: dict) -> str | None:
+    """Why a checkpoint made with layout ``before`` cannot continue with layout ``now`` (None when it can)."""
+    keys = ("samples_per_step", "full_schedule_steps")
+    if all(before.get(k) == now.get(k) for k in keys):
+        return None
+
+    def describe(x: dict) -> str:
+        return (
+            f"{x.get('num_processes')} process(es) x {x.get('per_device_train_batch_size')} per process x "
+            f"{x.get('gradient_accumulation_steps')} accumulation = {x.get('samples_per_step')} samples per step, "
+            f"a {x.get('full_schedule_steps')}-step schedule"
+        )
+
+    return f"it was trained with {describe(before)}; this job has {describe(now)}"

@@ -91,15 +91,48 @@ def build_sft_dataset(table: str | Path):
     return Dataset.from_list(examples)
 
 
+def assistant_token_mask(input_ids, prefix: list[int], turn_end: int):
+    """True on the tokens of every assistant turn: after each ``prefix`` (``<|im_start|>assistant\\n``) up to and
+    including the next ``turn_end`` (``<|im_end|>``)."""
+    import torch
+
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    n = len(prefix)
+    for r, row in enumerate(input_ids.tolist()):
+        i = 0
+        while i <= len(row) - n:
+            if row[i : i + n] != prefix:
+                i += 1
+                continue
+            j = i + n
+            while j < len(row) and row[j] != turn_end:
+                j += 1
+            mask[r, i + n : j + 1] = True
+            i = j + 1
+    return mask
+
+
 @dataclass
 class SpatialVisionCollator(DataCollatorForVisionLanguageModeling):
-    """TRL's vision collator, opening image files lazily and also masking image tokens out of the loss."""
+    """TRL's vision collator, opening image files lazily and also masking image tokens out of the loss.
+
+    With ``assistant_only_loss`` the assistant turns are found from the tokens themselves: transformers 5.17's
+    processors return an empty assistant mask for conversations with images (that came with transformers 5.18)."""
 
     masked_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
     def torch_call(self, examples):
         examples = [{**ex, "images": [load_rgb(p) for p in ex["images"]]} for ex in examples]
-        out = super().torch_call(examples)
+        assistant_only, self.assistant_only_loss = self.assistant_only_loss, False
+        try:
+            out = super().torch_call(examples)
+        finally:
+            self.assistant_only_loss = assistant_only
+        if assistant_only:
+            tok = self.processor.tokenizer
+            prefix = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+            keep = assistant_token_mask(out["input_ids"], prefix, tok.convert_tokens_to_ids("<|im_end|>"))
+            out["labels"][~keep] = -100
         for token_id in self.masked_token_ids:
             out["labels"][out["input_ids"] == token_id] = -100
         return out
@@ -110,11 +143,17 @@ def build_trainer(cfg: Mapping, args_kwargs: dict, init: Path, table: Path, proc
 
     from spatialreasoner.modeling import load_model, resolve_attn_implementation
     from spatialreasoner.train.common import model_dtype
+    from spatialreasoner.train.resume import CheckedResumeMixin
+
+    class ResumingSFTTrainer(CheckedResumeMixin, SFTTrainer):
+        """SFTTrainer whose resume restores the checkpoint's weights (checked key by key)."""
 
     args = SFTConfig(
         **{
             "max_length": cfg["max_length"],
-            "assistant_only_loss": bool(cfg["assistant_only_loss"]),
+            # The collator masks non-assistant tokens itself (SpatialVisionCollator); TRL 1.16 refuses its own
+            # assistant-only loss for images under transformers < 5.18, so it is never switched on there.
+            "assistant_only_loss": False,
             "dataset_kwargs": {"skip_prepare_dataset": True},
             **args_kwargs,
         }
@@ -132,10 +171,10 @@ def build_trainer(cfg: Mapping, args_kwargs: dict, init: Path, table: Path, proc
         processor=processor,
         max_length=args.max_length,
         completion_only_loss=False,
-        assistant_only_loss=args.assistant_only_loss,
+        assistant_only_loss=bool(cfg["assistant_only_loss"]),
         masked_token_ids=masked,
     )
-    return SFTTrainer(
+    return ResumingSFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,

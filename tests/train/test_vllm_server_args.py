@@ -1,0 +1,79 @@
+"""The vLLM server of a GRPO run sees the trainer's prompts as the trainer does: the run's pixel limits, one image
+per prompt, prompt + completion length, dtype and seed reach `vllm serve` through `trl vllm-serve`'s own parser."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from spatialreasoner.train.launch import train_command, vllm_server_args
+
+RUN = {
+    "stage": "grpo",
+    "resources": {"gpus": 4},
+    "vllm": {"mode": "server", "server_gpus": 1, "gpu_memory_utilization": 0.6},
+    "max_prompt_length": 2048,
+    "max_completion_length": 512,
+    "precision": "auto",
+}
+LIMITS = {"min_pixels": 59716, "max_pixels": 200704}
+
+
+def server_argv(run=RUN, init="resources/models/base", **limits):
+    cmd = train_command("r", run, init=str(init), data="d.parquet", checkpoint_dir="c", out="o", log="l.log", seed=7,
+                        **limits)  # fmt: skip
+    server = cmd.split(" >> ")[0]
+    argv = shlex.split(server)
+    assert argv[0] == "CUDA_VISIBLE_DEVICES=3" and argv[1:3] == ["trl", "vllm-serve"]
+    return argv[3:]
+
+
+def vllm_serve_command(argv):
+    """The `vllm serve` command line `trl vllm-serve` execs for these arguments (TRL's own parser and builder)."""
+    from trl.scripts.vllm_serve import build_command, make_parser
+
+    script_args, extra = make_parser().parse_args_and_config(args=argv, return_remaining_strings=True)
+    command = build_command(script_args, extra)
+    return command[command.index("serve") :]
+
+
+def option(command, name):
+    return command[command.index(name) + 1]
+
+
+def test_the_server_gets_the_runs_limits_and_lengths():
+    command = vllm_serve_command(server_argv(**LIMITS))
+    assert command[1] == "resources/models/base"
+    assert json.loads(option(command, "--mm-processor-kwargs")) == LIMITS
+    assert json.loads(option(command, "--limit-mm-per-prompt")) == {"image": 1}
+    assert option(command, "--max-model-len") == "2560"  # max_prompt_length + max_completion_length
+    assert option(command, "--dtype") == "bfloat16"
+    assert option(command, "--gpu-memory-utilization") == "0.6"
+    assert option(command, "--seed") == "7"
+    assert option(command, "--generation-config") == "vllm"
+    assert option(command, "--port") == "8000"  # GRPOConfig's vllm_server_port default
+    # The importance-sampling correction needs vLLM's log-probs after temperature scaling (TRL sets it).
+    assert option(command, "--logprobs-mode") == "processed_logprobs"
+
+
+def test_fp32_runs_and_unlimited_prompts():
+    args = vllm_server_args({**RUN, "precision": "fp32", "max_prompt_length": None})
+    assert args[args.index("--dtype") + 1] == "float32"
+    assert "--max_model_len" not in args and "--mm-processor-kwargs" not in args  # no limits given: the folder's
+
+
+@pytest.mark.slow
+def test_vllm_parses_them_into_its_engine_arguments(tiny_model_dir):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    command = vllm_serve_command(server_argv(init=tiny_model_dir, **LIMITS))
+    parser = make_arg_parser(FlexibleArgumentParser())
+    cli = parser.parse_args(["--model", command[1], *command[2:]])
+    engine = AsyncEngineArgs.from_cli_args(cli)
+    assert engine.mm_processor_kwargs == LIMITS
+    assert engine.limit_mm_per_prompt == {"image": 1}
+    assert (engine.max_model_len, engine.dtype, engine.seed, engine.generation_config) == (2560, "bfloat16", 7, "vllm")

@@ -1,0 +1,123 @@
+"""The paper config's official behaviours (docs/fidelity.md): the GRPO objective, the run from the released SFT
+model, the evaluation's pixel limits, the official circular grouping, and protocols scored side by side."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from spatialreasoner.config import load_schema, validate_config
+from spatialreasoner.errors import ConfigError
+from spatialreasoner.evaluate.score import circular_group, score_frame
+from spatialreasoner.train.common import resolve_run_config
+
+QWEN_LIMITS = {"min_pixels": 3136, "max_pixels": 12845056}
+
+
+def paper_config(repo_root):
+    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    return validate_config(config, load_schema(repo_root / "workflow/schemas/config.schema.yaml"))
+
+
+def test_paper_grpo_runs_use_the_official_objective(repo_root):
+    config = paper_config(repo_root)
+    grpo = [name for name, run in config["runs"].items() if run["stage"] == "grpo"]
+    assert set(grpo) == {"SpatialReasoner-Zero", "SpatialReasoner", "SpatialReasoner-from-released-SFT"}
+    for name in grpo:
+        run = resolve_run_config(config["runs"][name])
+        assert run["loss_type"] == "bnpo", name
+        assert run["logprob_temperature"] == 1.0 and run["temperature"] == 0.9, name
+        assert run["vllm"]["importance_sampling_correction"] is False, name
+        assert run["rewards"] == ["accuracy", "format"], name
+
+
+def test_the_grpo_ablation_uses_the_official_objective_too(repo_root):
+    ablations = yaml.safe_load((repo_root / "config/ablations.yaml").read_text())
+    run = resolve_run_config(ablations["runs"]["SpatialReasoner-Zero-3DRwd"])
+    assert (run["loss_type"], run["logprob_temperature"]) == ("bnpo", 1.0)
+    assert run["vllm"]["importance_sampling_correction"] is False
+
+
+def test_grpo_from_the_released_sft_model_differs_only_in_its_start(repo_root):
+    config = paper_config(repo_root)
+    ours, released = config["runs"]["SpatialReasoner"], config["runs"]["SpatialReasoner-from-released-SFT"]
+    assert (ours["init"], released["init"]) == ("SpatialReasoner-SFT", "ccvl-SpatialReasoner-SFT")
+    assert config["released"]["ccvl-SpatialReasoner-SFT"]["repo"] == "ccvl/SpatialReasoner-SFT"
+    assert {k: v for k, v in ours.items() if k != "init"} == {k: v for k, v in released.items() if k != "init"}
+    assert config["evaluate"]["models"]["SpatialReasoner-from-released-SFT"]["system_prompt"] is True
+
+
+def test_trained_models_are_evaluated_with_qwens_pixel_limits(repo_root):
+    config = paper_config(repo_root)
+    for model, spec in config["evaluate"]["models"].items():
+        limits = {k: spec[k] for k in QWEN_LIMITS}
+        if model in config["runs"]:
+            assert limits == QWEN_LIMITS, model
+        else:  # released models: their folders' own settings, as the official evaluation
+            assert limits == {"min_pixels": None, "max_pixels": None}, model
+    assert (config["evaluate"]["min_pixels"], config["evaluate"]["max_pixels"]) == (None, None)
+
+
+def test_raw_logit_logprobs_with_the_vllm_correction_stop_the_workflow(repo_root):
+    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    config["runs"]["SpatialReasoner-Zero"]["vllm"]["importance_sampling_correction"] = True
+    with pytest.raises(ConfigError, match=r"runs.SpatialReasoner-Zero.logprob_temperature"):
+        validate_config(config, load_schema(repo_root / "workflow/schemas/config.schema.yaml"))
+
+
+def test_circular_groups_follow_the_official_qid_rule():
+    qids = pd.Series(["7", "7-1", "7-2", "7-3", "7-flip", "7-flip-1", "12", "12-1", "120-1"])
+    assert circular_group(qids).tolist() == ["7", "7", "7", "7", "7-flip", "7-flip", "12", "12", "120"]
+    # A group counts only when all of its rows are right: group 7 has one wrong rotation.
+    df = pd.DataFrame({"index": range(6), "qid": ["7", "7-1", "7-2", "7-flip", "7-flip-1", "12"]})
+    df = df.assign(category="height_higher", A="up", B="down", answer="A")
+    df["prediction"] = ["<answer>A</answer>", "<answer>A</answer>", "<answer>B</answer>", "A", "A", "B"]
+    hits, tables = score_frame(df, "3DSRBench")
+    assert hits["hit"].tolist() == [True, True, False, True, True, False]
+    assert tables["n_groups"] == 3 and tables["main"]["overall"] == pytest.approx(100 / 3, abs=0.05)
+    assert tables["per_row"]["overall"] == pytest.approx(400 / 6, abs=0.05)
+
+
+def test_protocols_side_by_side_and_the_judge_in_the_dag(repo_root, tmp_path):
+    config = yaml.safe_load((repo_root / "config/demo.yaml").read_text())
+    config["evaluate"]["protocol"] = ["answer_tag", "vlmevalkit"]
+    config["evaluate"]["judge"] = {"model": "local-judge", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "JK"}
+    config["evaluate"]["models"]["SpatialReasoner"] |= {"min_pixels": 3136, "max_pixels": 50176}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "2", "--configfile", str(path)],
+        cwd=repo_root, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line.strip().removeprefix("Shell command:").strip() for line in proc.stdout.splitlines()]
+    commands = [line for line in lines if line.startswith("spatialreasoner ")]
+    judge = [c for c in commands if " judge " in c]
+    assert len(judge) == 2 * len(config["evaluate"]["models"])  # every model x benchmark
+    model = "SpatialReasoner"
+    judge_cmd = next(c for c in judge if f"results/predictions/{model}/3DSRBench.parquet" in c)
+    args = shlex.split(judge_cmd)
+    assert args[args.index("--base-url") + 1] == "http://127.0.0.1:1/v1"
+    assert args[args.index("--judge-model") + 1] == "local-judge" and args[args.index("--api-key-env") + 1] == "JK"
+    assert args[args.index("--cache") + 1] == f"results/judge/.cache/{model}/3DSRBench.jsonl"
+    scores = [shlex.split(c) for c in commands if " score " in c and f"--model {model} " in c and "3DSRBench" in c]
+    by_protocol = {a[a.index("--protocol") + 1]: a for a in scores}
+    assert set(by_protocol) == {"answer_tag", "vlmevalkit"}
+    assert "--judged" not in by_protocol["answer_tag"]
+    vlm = by_protocol["vlmevalkit"]
+    assert vlm[vlm.index("--judged") + 1] == f"results/judge/{model}/3DSRBench.parquet"
+    assert vlm[vlm.index("--out") + 1] == f"results/scores/{model}/3DSRBench/vlmevalkit"
+    tables = shlex.split(next(c for c in commands if " tables " in c))
+    rows = [tables[i + 1] for i, a in enumerate(tables) if a == "--score"]
+    at = rows.index(f"3DSRBench:{model}=results/scores/{model}/3DSRBench")
+    assert rows[at + 1] == f"3DSRBench:{model} [vlmevalkit]=results/scores/{model}/3DSRBench/vlmevalkit"
+    infer = [shlex.split(c) for c in commands if " infer " in c and "3DSRBench" in c]
+    pixel_args = {a[a.index("--model") + 1]: "--max-pixels" in a and a[a.index("--max-pixels") + 1] for a in infer}
+    assert pixel_args[f"results/models/{model}"] == "50176"
+    assert pixel_args["results/models/SpatialReasoner-SFT"] is False  # the folder's own limits
