@@ -3,9 +3,7 @@ real annotation files' column sets that must be accepted."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import pandas as pd
 import pytest
@@ -16,6 +14,8 @@ from spatialreasoner.data.canonical import canonicalize
 from spatialreasoner.data.extract import extract
 from spatialreasoner.errors import DataError
 from spatialreasoner.synth.generate import BENCH_3DSR, BENCH_CVB, generate
+
+from .conftest import make_tar
 
 COT = "<think>The 3D location of the red cube is (0.10, 0.20, 3.00).</think>\n<answer>B</answer>"
 
@@ -174,20 +174,6 @@ def test_unknown_rl_category(layout):
 
 
 # ---------------------------------------------------------------- tars refused
-
-
-def make_tar(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, kind, extra in members:
-            info = tarfile.TarInfo(name)
-            if kind == "file":
-                info.size = len(extra)
-                tar.addfile(info, io.BytesIO(extra))
-            else:
-                info.type = {"dir": tarfile.DIRTYPE, "link": tarfile.LNKTYPE}[kind]
-                info.linkname = extra or ""
-                tar.addfile(info)
-    return path
 
 
 @pytest.mark.parametrize("members", [[], [("imgs", "dir", None)]], ids=["no-members", "only-a-folder"])

@@ -4,30 +4,11 @@ import copy
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from spatialreasoner.config import run_order, validate_config
-from spatialreasoner.errors import ConfigError
 
-
-@pytest.fixture(scope="module")
-def paper_config(repo_root):
-    return yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
-
-
-@pytest.fixture(scope="module")
-def demo_config(repo_root):
-    return yaml.safe_load((repo_root / "config" / "demo.yaml").read_text())
-
-
-def rejected(config, *fragments):
-    with pytest.raises(ConfigError) as info:
-        validate_config(copy.deepcopy(config))
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
+from .conftest import rejected
 
 
 def test_both_shipped_configs_are_valid(paper_config, demo_config):

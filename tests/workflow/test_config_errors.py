@@ -10,25 +10,7 @@ import yaml
 from spatialreasoner.config import RUN_KEY_OF_TRAINER_ARG, WORKFLOW_TRAINER_ARGS, load_config, validate_config
 from spatialreasoner.errors import ConfigError
 
-
-@pytest.fixture(scope="module")
-def demo_config(repo_root):
-    return yaml.safe_load((repo_root / "config" / "demo.yaml").read_text())
-
-
-@pytest.fixture(scope="module")
-def paper_config(repo_root):
-    return yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
-
-
-def rejected(config, *fragments):
-    with pytest.raises(ConfigError) as info:
-        validate_config(copy.deepcopy(config))
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
-
+from .conftest import rejected
 
 DUPLICATE = """\
 seed: 1
@@ -165,7 +147,8 @@ def test_every_trainer_argument_the_workflow_sets_is_protected(tmp_path):
 
 def test_grpo_batch_not_whole_groups_names_the_run(demo_config, paper_config):
     config = copy.deepcopy(demo_config)
-    config["runs"]["SpatialReasoner"]["per_device_train_batch_size"] = 6
+    config["runs"]["SpatialReasoner"]["per_device_train_batch_size"] = 3
+    config["runs"]["SpatialReasoner"]["num_processes"] = 2
     config["runs"]["SpatialReasoner"]["num_generations"] = 4
     rejected(config, "runs.SpatialReasoner.per_device_train_batch_size", "run SpatialReasoner makes 6 completions")
     # the paper run: 12 per GPU x 3 training GPUs (one of the 4 serves vLLM) = 36, a multiple of 4; 5 is not
