@@ -4,6 +4,7 @@ test environment all agree, and the GPU locks (vLLM and DeepSpeed included) stil
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -162,7 +163,7 @@ def test_locks_resolve_again_unchanged_for_linux_x86_64(repo_root):
         cwd=repo_root,
         capture_output=True,
         text=True,
-        env={"UV": str(uv), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+        env={**os.environ, "UV": str(uv)},
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -54,12 +54,9 @@ rule checkpoint_table:
         runtime=10,
     params:
         points=" ".join(
-            f"--point {shlex.quote(f'{run}:{step}:{bench}={d}')}"
-            for run, step, bench, d in checkpoint_points()
+            f"--point {shlex.quote(f'{run}:{step}:{bench}={d}')}" for run, step, bench, d in checkpoint_points()
         ),
-        benchmarks=" ".join(
-            f"--benchmark {b}=results/benchmarks/{b}.tsv" for b in BENCHMARKS
-        ),
+        benchmarks=" ".join(f"--benchmark {b}=results/benchmarks/{b}.tsv" for b in BENCHMARKS),
         seed=config.get("seed", 42),
         resamples=EVAL.get("bootstrap_resamples", 2000),
     shell:

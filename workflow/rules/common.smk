@@ -22,9 +22,7 @@ try:
     check_config_files(workflow.configfiles)
     validate_config(config, load_schema(SCHEMA))
 except ConfigError as exc:
-    raise WorkflowError(
-        f"Invalid configuration (see config/README.md):\n{exc}"
-    ) from None
+    raise WorkflowError(f"Invalid configuration (see config/README.md):\n{exc}") from None
 
 RUNS = run_order(config)
 RELEASED = list(config["released"])
@@ -41,26 +39,18 @@ def checkpoint_steps():
     for run, spec in (config["evaluate"].get("checkpoints") or {}).items():
         key = f"config key evaluate.checkpoints.{run}"
         if run not in config["runs"] or run not in EVAL_MODELS:
-            raise WorkflowError(
-                f"{key}: {run!r} is not an evaluated run; expected one of runs in evaluate.models"
-            )
+            raise WorkflowError(f"{key}: {run!r} is not an evaluated run; expected one of runs in evaluate.models")
         cfg = config["runs"][run]
         save, stop = int(cfg.get("save_steps", 1000)), cfg.get("stop_steps")
         if spec == "all":
             if stop is None:
-                raise WorkflowError(
-                    f"{key}: 'all' needs runs.{run}.stop_steps; list the steps instead"
-                )
+                raise WorkflowError(f"{key}: 'all' needs runs.{run}.stop_steps; list the steps instead")
             spec = list(range(save, int(stop), save))
         bad = [s for s in spec if s % save or (stop is not None and s >= int(stop))]
         if bad:
             raise WorkflowError(
                 f"{key}: step(s) {bad} have no intermediate checkpoint; expected multiples of save_steps={save}"
-                + (
-                    f" below stop_steps={stop} (the final model is evaluated anyway)"
-                    if stop is not None
-                    else ""
-                )
+                + (f" below stop_steps={stop} (the final model is evaluated anyway)" if stop is not None else "")
             )
         steps[run] = sorted(set(spec))
     return steps
@@ -68,11 +58,7 @@ def checkpoint_steps():
 
 CHECKPOINT_STEPS = checkpoint_steps()
 # Evaluated intermediate checkpoints are models named "<run>@<step>" (results/checkpoint_models/<run>/step-<step>).
-CHECKPOINT_MODELS = {
-    f"{run}@{step}": (run, step)
-    for run, steps in CHECKPOINT_STEPS.items()
-    for step in steps
-}
+CHECKPOINT_MODELS = {f"{run}@{step}": (run, step) for run, steps in CHECKPOINT_STEPS.items() for step in steps}
 
 
 def alternatives(names):
@@ -122,20 +108,14 @@ def checkpoint_points():
         models += [(step, f"{run}@{step}") for step in steps]
         if cfg.get("stop_steps") is not None:
             models.append((int(cfg["stop_steps"]), run))
-        points += [
-            (run, step, bench, f"results/scores/{m}/{bench}")
-            for step, m in models
-            for bench in BENCHMARKS
-        ]
+        points += [(run, step, bench, f"results/scores/{m}/{bench}") for step, m in models for bench in BENCHMARKS]
     return points
 
 
 def checkpoint_outputs():
     if not CHECKPOINT_STEPS:
         return []
-    return ["results/tables/checkpoints.csv"] + [
-        f"results/plots/checkpoints/{run}.png" for run in CHECKPOINT_STEPS
-    ]
+    return ["results/tables/checkpoints.csv"] + [f"results/plots/checkpoints/{run}.png" for run in CHECKPOINT_STEPS]
 
 
 def report_datasets():
@@ -153,9 +133,7 @@ def final_plots():
 # The demo and the paper configuration share results/: say so loudly when the configuration files differ from the
 # ones that wrote the current outputs (recorded when a run starts, not by dry-runs or cluster jobs).
 CONFIG_RECORD = Path("results/.configfiles")
-CONFIG_FILES = [os.path.relpath(f) for f in workflow.configfiles] or [
-    "config/config.yaml"
-]
+CONFIG_FILES = [os.path.relpath(f) for f in workflow.configfiles] or ["config/config.yaml"]
 if CONFIG_RECORD.is_file() and CONFIG_RECORD.read_text().split() != CONFIG_FILES:
     from snakemake.logging import logger
 
@@ -164,8 +142,7 @@ if CONFIG_RECORD.is_file() and CONFIG_RECORD.read_text().split() != CONFIG_FILES
         + "!" * 100
         + f"\nresults/ holds outputs made with --configfile {' '.join(CONFIG_RECORD.read_text().split())}"
         f"\nthis run uses {' '.join(CONFIG_FILES)}: outputs of the same name will be replaced."
-        "\nRun each configuration in its own checkout (or copy) to keep both.\n"
-        + "!" * 100
+        "\nRun each configuration in its own checkout (or copy) to keep both.\n" + "!" * 100
     )
 
 

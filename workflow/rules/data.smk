@@ -11,10 +11,7 @@ from spatialreasoner.utils import redact_url
 rule synthesize:
     output:
         [f"{data_rules.SYNTHETIC_DIR}/{name}" for name in data_rules.SYNTHETIC_FILES],
-        [
-            directory(f"{data_rules.SYNTHETIC_DIR}/{name}")
-            for name in data_rules.SYNTHETIC_DIRS
-        ],
+        [directory(f"{data_rules.SYNTHETIC_DIR}/{name}") for name in data_rules.SYNTHETIC_DIRS],
     log:
         "logs/synthesize/synthesize.log",
     benchmark:
@@ -86,9 +83,7 @@ rule snapshot_dataset:
 
 rule extract_images:
     input:
-        tar=lambda w: data_rules.source_path(
-            config, config["images"][w.imageset]["source"]
-        ),
+        tar=lambda w: data_rules.source_path(config, config["images"][w.imageset]["source"]),
     output:
         directory("resources/images/{imageset}"),
     log:
@@ -109,9 +104,7 @@ rule extract_images:
 
 rule canonicalize:
     input:
-        annotations=lambda w: data_rules.source_path(
-            config, config["datasets"][w.dataset]["annotations"]
-        ),
+        annotations=lambda w: data_rules.source_path(config, config["datasets"][w.dataset]["annotations"]),
         images=lambda w: data_rules.image_set_dirs(config, w.dataset),
     output:
         "results/data/{dataset}.parquet",
@@ -132,9 +125,7 @@ rule canonicalize:
     params:
         kind=lambda w: config["datasets"][w.dataset]["kind"],
         split=lambda w: config["datasets"][w.dataset].get("split", "train"),
-        on_bad_image=lambda w: config["datasets"][w.dataset].get(
-            "on_bad_image", "error"
-        ),
+        on_bad_image=lambda w: config["datasets"][w.dataset].get("on_bad_image", "error"),
         roots=lambda w: data_rules.image_root_args(config, w.dataset),
     shell:
         "spatialreasoner --log {log} canonicalize --kind {params.kind} --annotations {input.annotations:q}"
@@ -144,9 +135,7 @@ rule canonicalize:
 
 rule prepare_benchmark:
     input:
-        tsv=lambda w: data_rules.source_path(
-            config, config["benchmarks"][w.bench]["source"]
-        ),
+        tsv=lambda w: data_rules.source_path(config, config["benchmarks"][w.bench]["source"]),
     output:
         "results/benchmarks/{bench}.tsv",
     log:

@@ -8,27 +8,17 @@ EVAL_RES = EVAL.get("resources", {})
 EVAL_GPUS = int(EVAL_RES.get("gpus", 1))
 RANDOM = "random"
 if RANDOM in EVAL_MODELS:
-    raise WorkflowError(
-        f"evaluate.models must not contain {RANDOM!r}: the name is reserved for the random baseline"
-    )
+    raise WorkflowError(f"evaluate.models must not contain {RANDOM!r}: the name is reserved for the random baseline")
 # Rows of the tables, in order: every evaluated model, then the random baseline.
 TABLE_MODELS = EVAL_MODELS + ([RANDOM] if EVAL.get("random_baseline", True) else [])
-RANDOM_SEED = (
-    EVAL.get("random_seed")
-    if EVAL.get("random_seed") is not None
-    else config.get("seed", 42)
-)
+RANDOM_SEED = EVAL.get("random_seed") if EVAL.get("random_seed") is not None else config.get("seed", 42)
 # Scoring protocols: the first fills each model's table row; every further one adds a row "<model> [<protocol>]"
 # next to it, scored into results/scores/<model>/<bench>/<protocol>/.
 PROTOCOLS = (
-    [EVAL.get("protocol", "answer_tag")]
-    if isinstance(EVAL.get("protocol", "answer_tag"), str)
-    else EVAL["protocol"]
+    [EVAL.get("protocol", "answer_tag")] if isinstance(EVAL.get("protocol", "answer_tag"), str) else EVAL["protocol"]
 )
 MAIN_PROTOCOL, EXTRA_PROTOCOLS = PROTOCOLS[0], PROTOCOLS[1:]
-PROTOCOL_ROWS = {
-    f"{model} [{p}]": (model, p) for model in EVAL_MODELS for p in EXTRA_PROTOCOLS
-}
+PROTOCOL_ROWS = {f"{model} [{p}]": (model, p) for model in EVAL_MODELS for p in EXTRA_PROTOCOLS}
 JUDGE = EVAL.get("judge") or {}
 SCORE_DIRS = {}
 for _model in TABLE_MODELS:
@@ -36,34 +26,23 @@ for _model in TABLE_MODELS:
         SCORE_DIRS[(_model, _bench)] = f"results/scores/{_model}/{_bench}"
         if _model != RANDOM:
             for _p in EXTRA_PROTOCOLS:
-                SCORE_DIRS[(f"{_model} [{_p}]", _bench)] = (
-                    f"results/scores/{_model}/{_bench}/{_p}"
-                )
+                SCORE_DIRS[(f"{_model} [{_p}]", _bench)] = f"results/scores/{_model}/{_bench}/{_p}"
 # Pixel limits at inference, per model: evaluate.models.<name>.min/max_pixels, else evaluate.min/max_pixels, else the
 # model folder's own processor settings (the official evaluation loads each checkpoint's processor as saved, and the
 # official training scripts saved Qwen's into every checkpoint; `vision` is the training setting).
 PIXEL_LIMITS = {
     model: {
-        key: (spec.get(key) if spec.get(key) is not None else EVAL.get(key))
-        for key in ("min_pixels", "max_pixels")
+        key: (spec.get(key) if spec.get(key) is not None else EVAL.get(key)) for key in ("min_pixels", "max_pixels")
     }
     for model, spec in EVAL["models"].items()
 }
 VISION_ARGS = {
-    model: " ".join(
-        f"--{key.replace('_', '-')} {value}"
-        for key, value in limits.items()
-        if value is not None
-    )
+    model: " ".join(f"--{key.replace('_', '-')} {value}" for key, value in limits.items() if value is not None)
     for model, limits in PIXEL_LIMITS.items()
 }
 # The system prompt text when a model is evaluated with it (the SFT model is not), else "none".
 SYSTEM_PROMPTS = {
-    model: (
-        config.get("prompts", {}).get("system", "none")
-        if spec.get("system_prompt", True)
-        else "none"
-    )
+    model: (config.get("prompts", {}).get("system", "none") if spec.get("system_prompt", True) else "none")
     for model, spec in EVAL["models"].items()
 }
 # The row of `paper` each table row is compared with (None: no published counterpart).
@@ -91,17 +70,9 @@ if EVAL.get("backend", "hf") == "vllm":
     INFER_BACKEND_ARGS = (
         f"--backend vllm --tensor-parallel-size {VLLM_EVAL['tensor_parallel_size']}"
         f" --gpu-memory-utilization {VLLM_EVAL['gpu_memory_utilization']}"
-        + (
-            f" --max-model-len {VLLM_EVAL['max_model_len']}"
-            if VLLM_EVAL["max_model_len"]
-            else ""
-        )
+        + (f" --max-model-len {VLLM_EVAL['max_model_len']}" if VLLM_EVAL["max_model_len"] else "")
     )
-INFER_BATCH_SIZE = (
-    VLLM_EVAL["batch_size"]
-    if EVAL.get("backend", "hf") == "vllm"
-    else EVAL.get("batch_size", 8)
-)
+INFER_BATCH_SIZE = VLLM_EVAL["batch_size"] if EVAL.get("backend", "hf") == "vllm" else EVAL.get("batch_size", 8)
 
 
 rule infer:
@@ -128,9 +99,7 @@ rule infer:
         runtime=int(EVAL_RES.get("runtime", 1440)),
     params:
         system_prompt=lambda w: SYSTEM_PROMPTS[w.model],
-        vision=lambda w: VISION_ARGS[
-            CHECKPOINT_MODELS[w.model][0] if w.model in CHECKPOINT_MODELS else w.model
-        ],
+        vision=lambda w: VISION_ARGS[CHECKPOINT_MODELS[w.model][0] if w.model in CHECKPOINT_MODELS else w.model],
         max_new_tokens=EVAL.get("max_new_tokens", 512),
         batch_size=INFER_BATCH_SIZE,
         on_bad_image=EVAL.get("on_bad_image", "error"),
@@ -167,11 +136,7 @@ rule judge:
         # Replies are cached outside the declared output, so a rerun asks the judge only for what is missing.
         cache=lambda w: f"results/judge/.cache/{w.model}/{w.bench}.jsonl",
         model=JUDGE.get("model", "gpt-3.5-turbo-0125"),
-        base_url=(
-            f"--base-url {shlex.quote(JUDGE['base_url'])}"
-            if JUDGE.get("base_url")
-            else ""
-        ),
+        base_url=(f"--base-url {shlex.quote(JUDGE['base_url'])}" if JUDGE.get("base_url") else ""),
         key_env=JUDGE.get("api_key_env", "OPENAI_API_KEY"),
         max_tokens=JUDGE.get("max_tokens", 2048),
         attempts=JUDGE.get("attempts", 3),
@@ -188,11 +153,7 @@ rule score_protocol:
     input:
         predictions="results/predictions/{model}/{bench}.parquet",
         benchmark="results/benchmarks/{bench}.tsv",
-        judged=lambda w: (
-            [f"results/judge/{w.model}/{w.bench}.parquet"]
-            if w.protocol == "vlmevalkit"
-            else []
-        ),
+        judged=lambda w: ([f"results/judge/{w.model}/{w.bench}.parquet"] if w.protocol == "vlmevalkit" else []),
     output:
         hits="results/scores/{model}/{bench}/{protocol}/hits.csv",
         table="results/scores/{model}/{bench}/{protocol}/table.csv",
@@ -224,11 +185,7 @@ rule score:
     input:
         predictions="results/predictions/{model}/{bench}.parquet",
         benchmark="results/benchmarks/{bench}.tsv",
-        judged=lambda w: (
-            [f"results/judge/{w.model}/{w.bench}.parquet"]
-            if MAIN_PROTOCOL == "vlmevalkit"
-            else []
-        ),
+        judged=lambda w: ([f"results/judge/{w.model}/{w.bench}.parquet"] if MAIN_PROTOCOL == "vlmevalkit" else []),
     output:
         hits="results/scores/{model}/{bench}/hits.csv",
         table="results/scores/{model}/{bench}/table.csv",
@@ -283,9 +240,7 @@ rule random_baseline:
 
 
 # The random baseline's row names what it is: one seeded draw (the tables add the expected chance accuracy).
-TABLE_LABELS = {model: model for model in EVAL_MODELS} | {
-    RANDOM: f"random draw (seed {RANDOM_SEED})"
-}
+TABLE_LABELS = {model: model for model in EVAL_MODELS} | {RANDOM: f"random draw (seed {RANDOM_SEED})"}
 TABLE_LABELS |= {row: row for row in PROTOCOL_ROWS}
 # Paired differences in the summary: every evaluated run minus the model it starts from, and minus the released
 # checkpoint that reproduces the same paper row.
@@ -342,13 +297,8 @@ rule tables:
         mem_mb=2000,
         runtime=10,
     params:
-        scores=" ".join(
-            f"--score {shlex.quote(f'{b}:{TABLE_LABELS[m]}={d}')}"
-            for (m, b), d in SCORE_DIRS.items()
-        ),
-        benchmarks=" ".join(
-            f"--benchmark {b}=results/benchmarks/{b}.tsv" for b in BENCHMARKS
-        ),
+        scores=" ".join(f"--score {shlex.quote(f'{b}:{TABLE_LABELS[m]}={d}')}" for (m, b), d in SCORE_DIRS.items()),
+        benchmarks=" ".join(f"--benchmark {b}=results/benchmarks/{b}.tsv" for b in BENCHMARKS),
         paper=json.dumps(config.get("paper", {})),
         names=json.dumps(PAPER_NAMES),
         compare=json.dumps(COMPARE),

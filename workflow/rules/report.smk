@@ -61,9 +61,7 @@ rule plot_training:
 
 
 REPORT_TABLES = [f"results/tables/{bench}.csv" for bench in BENCHMARKS]
-REPORT_TABLES += (
-    ["results/tables/3DSRBench_per_row.csv"] if "3DSRBench" in BENCHMARKS else []
-)
+REPORT_TABLES += ["results/tables/3DSRBench_per_row.csv"] if "3DSRBench" in BENCHMARKS else []
 REPORT_TABLES += ["results/tables/checkpoints.csv"] if CHECKPOINT_STEPS else []
 REPORT_FIGURES = final_plots() + [p for p in checkpoint_outputs() if p.endswith(".png")]
 REPORT_EXAMPLES = {
@@ -99,13 +97,8 @@ rule report_html:
     params:
         tables=" ".join(f"--table {t}" for t in REPORT_TABLES),
         figures=" ".join(f"--figure {f}" for f in REPORT_FIGURES),
-        benchmarks=" ".join(
-            f"--benchmark {b}=results/benchmarks/{b}.tsv" for b in BENCHMARKS
-        ),
-        examples=" ".join(
-            f"--example {shlex.quote(f'{b}:{m}={p},{h}')}"
-            for (b, m), (p, h) in REPORT_EXAMPLES.items()
-        ),
+        benchmarks=" ".join(f"--benchmark {b}=results/benchmarks/{b}.tsv" for b in BENCHMARKS),
+        examples=" ".join(f"--example {shlex.quote(f'{b}:{m}={p},{h}')}" for (b, m), (p, h) in REPORT_EXAMPLES.items()),
         datasets=" ".join(f"--dataset {n}={p}" for n, p in report_datasets().items()),
         # the resolved configuration, credentials in URLs redacted before it reaches the command line
         config=json.dumps(redacted_config(config)),
