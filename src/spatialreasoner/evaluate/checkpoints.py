@@ -20,6 +20,7 @@ from spatialreasoner.evaluate.tables import (
     Units,
     column_samples,
     read_benchmark_rows,
+    read_csv_or_explain,
     read_hits,
 )
 from spatialreasoner.taxonomy import BENCHMARKS, SRB
@@ -91,12 +92,7 @@ def checkpoint_table(
 def read_checkpoint_table(path: str | Path) -> pd.DataFrame:
     """``checkpoints.csv`` checked: its columns, integer steps, accuracies and intervals in [0, 100]."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: missing; collect the checkpoint scores first (spatialreasoner checkpoint-table)")
-    try:
-        df = pd.read_csv(path)
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: cannot read as a CSV table: {exc}") from exc
+    df = read_csv_or_explain(path, "collect the checkpoint scores first (spatialreasoner checkpoint-table)")
     if list(df.columns) != list(COLUMNS):
         raise DataError(f"{path}: expected columns {', '.join(COLUMNS)}; got {', '.join(map(str, df.columns))}")
     if df.empty:

@@ -438,17 +438,22 @@ def write_tables(
     return written
 
 
+def read_csv_or_explain(path: Path, make_it: str) -> pd.DataFrame:
+    """``path`` read as CSV; a missing file says how to ``make_it``, an unreadable one names the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing; {make_it}")
+    try:
+        return pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: cannot read as a CSV table: {exc}") from exc
+
+
 def read_table_csv(path: str | Path, benchmark: str) -> pd.DataFrame:
     """A table written by :func:`write_tables`, checked: its columns, numbers in [0, 100], one row per model."""
     if benchmark not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: missing; write the tables first (spatialreasoner tables)")
-    try:
-        df = pd.read_csv(path)
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: cannot read as a CSV table: {exc}") from exc
+    df = read_csv_or_explain(path, "write the tables first (spatialreasoner tables)")
     expected = csv_columns(benchmark)
     if list(df.columns) != expected:
         missing = [c for c in expected if c not in df.columns]
