@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from spatialreasoner.errors import ConfigError
+from spatialreasoner.train.launch import SIGNAL_MARGIN, stop_signal_lead
 
 SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
 
@@ -156,6 +157,14 @@ def check_run(name: str, run: Mapping, prompts: Mapping) -> None:
             f"{run.get('temperature', 0.9)}, which biases vLLM's importance-sampling correction (its log-probs are "
             "at the sampling temperature); expected vllm.importance_sampling_correction: false (the official "
             "trainer had none) or logprob_temperature: null"
+        )
+    res = run.get("resources") or {}
+    lead = stop_signal_lead(run)
+    if "runtime" in res and lead >= 60 * res["runtime"]:
+        raise ConfigError(
+            f"config key runs.{name}.resources.runtime: {res['runtime']} min is within the {lead} s before the "
+            f"time limit at which SLURM tells the job to save and stop (shutdown_timeout + {SIGNAL_MARGIN} s), so "
+            f"the job would stop as it starts; expected runtime > {lead / 60:g} min or a smaller shutdown_timeout"
         )
     for key in run.get("trainer_args") or {}:
         if SECRET_KEY_PATTERN.search(key):

@@ -36,9 +36,9 @@ def test_slurm_profile_leaves_partition_and_account_to_the_user_and_passes_the_p
     assert profile["slurm-requeue"] is True
     resources = profile["default-resources"]
     assert {"slurm_partition", "slurm_account", "runtime", "mem_mb"} <= set(resources)
-    # sbatch options the plugin manages itself (e.g. --gpus, --mem) are rejected in slurm_extra.
-    validate_slurm_extra(SimpleNamespace(resources=SimpleNamespace(slurm_extra=resources["slurm_extra"])))
-    assert "--signal=TERM@" in resources["slurm_extra"]
+    # The stop warning belongs to training alone: a default `--signal=TERM@600` would reach every job whose time
+    # limit is 10 minutes or less as it starts.
+    assert "--signal" not in str(resources.get("slurm_extra", "")), resources
 
 
 @pytest.mark.slurm

@@ -84,7 +84,8 @@ def test_job_resources_come_from_the_run():
     paper = {"resources": {"gpus": 4, "cpus_per_gpu": 8, "mem_mb": 480000, "runtime": 4320, "gpu_model": "a100"}}
     res = job_resources(paper)
     assert res == {"gpu": 4, "gpu_model": "a100", "gres": None, "mpi": None, "tasks": None, "tasks_per_gpu": None,
-                   "cpus_per_gpu": 8, "nodes": 1, "mem_mb": 480000, "runtime": 4320, "threads": 32}  # fmt: skip
+                   "cpus_per_gpu": 8, "nodes": 1, "mem_mb": 480000, "runtime": 4320, "threads": 32,
+                   "slurm_extra": "--signal=TERM@600"}  # fmt: skip
     cpu = job_resources({"resources": {"gpus": 0, "cpus_per_gpu": 2, "mem_mb": 4000, "runtime": 30}})
     assert (cpu["gpu"], cpu["cpus_per_gpu"], cpu["threads"]) == (0, 0, 2)
     multi = job_resources({"resources": {"gpus": 4, "nodes": 2}})
@@ -159,3 +160,16 @@ def test_cpu_config_makes_accelerate_start_torchrun_processes(repo_root, monkeyp
     assert args.multi_gpu and not args.cpu and not args.use_deepspeed
     assert (args.num_processes, args.num_machines, args.main_process_port, args.mixed_precision) == (2, 1, 0, "no")
     assert args.use_cpu
+
+
+def test_only_training_asks_for_the_stop_warning_and_in_time_for_its_save():
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    default = job_resources({"resources": {"gpus": 4, "runtime": 4320}})
+    # The launcher's grace period (540 s by default) plus a minute for the step in progress.
+    assert default["slurm_extra"] == "--signal=TERM@600"
+    assert job_resources({"shutdown_timeout": 1200, "resources": {"gpus": 4}})["slurm_extra"] == "--signal=TERM@1260"
+    # An option the SLURM plugin accepts in slurm_extra (it refuses those it sets itself, e.g. --gpus).
+    validate_slurm_extra(SimpleNamespace(resources=SimpleNamespace(slurm_extra=default["slurm_extra"])))

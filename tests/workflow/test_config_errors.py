@@ -185,3 +185,13 @@ def test_paper_config_offers_the_official_scripts_annotation_repositories(paper_
     config["datasets"]["sft"]["annotations"] = "OpenImages_3DSR_apr23_sampled24k_NT_llava_24k"
     config["datasets"]["rl"]["annotations"] = "OpenImages_3DSR_mar16_filtered1200"
     validate_config(config)
+
+
+def test_a_training_time_limit_inside_the_stop_warning_is_refused(demo_config):
+    # SLURM sends the stop warning shutdown_timeout + 60 s before the limit: a shorter job would stop as it starts.
+    config = copy.deepcopy(demo_config)
+    run = config["runs"]["SpatialReasoner-SFT"]
+    run["resources"]["runtime"] = 10
+    rejected(config, "runs.SpatialReasoner-SFT.resources.runtime: 10 min", "600 s before the time limit")
+    run["shutdown_timeout"] = 240
+    validate_config(copy.deepcopy(config))

@@ -124,11 +124,15 @@ def test_gpu_only_packages_stay_out_of_the_core_dependencies(repo_root):
 
 def test_the_test_environment_is_the_cpu_lock(repo_root):
     """What this interpreter has installed is exactly what locks/py3.X/cpu.txt says (scripts/setup.sh installed it)."""
+    import sysconfig
     from importlib.metadata import distributions
 
     py = f"{sys.version_info[0]}.{sys.version_info[1]}"
     want = read_lock(repo_root / "locks" / f"py{py}" / "cpu.txt")
-    have = {norm(d.metadata["Name"]): d.version for d in distributions()}
+    # The environment's own site-packages only: once imported, setuptools appends its `_vendor` folder (with its own
+    # packaging and platformdirs metadata) to sys.path, and those copies are not installed packages.
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    have = {norm(d.metadata["Name"]): d.version for d in distributions(path=site)}
     have.pop("spatialreasoner", None)
     # torch and friends carry a local build tag (2.13.0+cu130): the lock's version is the public part.
     have = {n: v.split("+")[0] for n, v in have.items()}

@@ -36,6 +36,7 @@ rule train:
         nodes=lambda w: job_resources(config["runs"][w.run])["nodes"],
         mem_mb=lambda w: job_resources(config["runs"][w.run])["mem_mb"],
         runtime=lambda w: job_resources(config["runs"][w.run])["runtime"],
+        slurm_extra=lambda w: job_resources(config["runs"][w.run])["slurm_extra"],
     params:
         cmd=lambda w, input, output: train_command(
             w.run,

@@ -21,6 +21,15 @@ FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
 #: Seconds the launcher waits for the processes to save and exit after forwarding a signal, before SIGKILL
 #: (torch's own default is 30 s). A run's ``shutdown_timeout`` overrides it.
 SHUTDOWN_TIMEOUT = 540
+#: Seconds between SLURM's warning signal and the launcher's deadline: the step in progress ends and the save starts.
+SIGNAL_MARGIN = 60
+
+
+def stop_signal_lead(run_cfg: Mapping) -> int:
+    """Seconds before a training job's time limit at which SLURM sends SIGTERM (``--signal=TERM@<lead>``): the
+    launcher's grace period for the checkpoint plus a margin for the step in progress."""
+    timeout = run_cfg.get("shutdown_timeout")
+    return int(SHUTDOWN_TIMEOUT if timeout is None else timeout) + SIGNAL_MARGIN
 
 
 def training_processes(run_cfg: Mapping) -> int:
@@ -180,6 +189,9 @@ def job_resources(run_cfg: Mapping) -> dict:
         "nodes": nodes,
         "mem_mb": int(res.get("mem_mb", 4000)),
         "runtime": int(res.get("runtime", 60)),
+        # Only training saves on the warning signal, so only training asks for it; a job shorter than the lead
+        # would be told to stop as it starts (config.check_run refuses such runs).
+        "slurm_extra": f"--signal=TERM@{stop_signal_lead(run_cfg)}",
         "threads": gpus * cpus_per_gpu if gpus else cpu_threads,
     }
 
@@ -196,4 +208,6 @@ def log_from_main_process_only(process_index: int, num_processes: int) -> None:
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     for handler in root.handlers:
+        # Libraries set their own loggers' levels (transformers' `set_verbosity_info`): filter at the handlers.
+        handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter(f"[rank {process_index}] {LOG_FORMAT}"))
