@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 from cluster import requested_gpus
-from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
