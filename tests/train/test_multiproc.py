@@ -192,8 +192,28 @@ def test_resuming_on_another_process_count_keeps_the_schedule_or_stops(
         "samples per step, a 30-step schedule; this job has 1 process(es) x 2 per process x 1 accumulation = 2 "
         f"samples per step, a {full_schedule_steps(10, 2, 1, 10)}-step schedule" in message
     )
-    assert f"--init {work / 'checkpoint-3'}" in message
+    aside = work.with_name("work.weights-only")
+    assert f"mv {work} {aside}" in message and f"--init {aside / 'checkpoint-3'}" in message
     assert sorted(p.name for p in work.iterdir()) == ["checkpoint-3", "run_config.json", "schedule.json"]
+
+    # The way out the message gives: a weights-only restart from the checkpoint, fresh optimizer and new schedule.
+    class RecordWeights(TrainerCallback):
+        weights = None
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    work.rename(aside)
+    start = RecordWeights()
+    out = train("two", half, aside / "checkpoint-3", train_tables["sft"], work, tmp_path / "half-batch" / "model",
+                seed=0, extra_callbacks=[start])  # fmt: skip
+    from transformers import AutoModelForImageTextToText
+
+    saved = AutoModelForImageTextToText.from_pretrained(aside / "checkpoint-3").state_dict()
+    assert start.weights.keys() == saved.keys()
+    assert max((start.weights[k] - saved[k]).abs().max().item() for k in saved) == 0.0
+    restarted = read_state(out)
+    assert sorted(losses(restarted))[0] == 1 and restarted["max_steps"] == full_schedule_steps(10, 2, 1, 10)
 
 
 def test_sigterm_to_the_launcher_saves_a_checkpoint_on_every_rank(tiny_model_dir, train_tables, tmp_path, repo_root):

@@ -208,12 +208,13 @@ def train(
     conflict = None if changed else _layout_conflict(workdir, resume, layout)
     state.wait_for_everyone()
     if conflict:
+        aside = workdir.with_name(f"{workdir.name}.weights-only")
         # Another global batch would change the learning rate at every step and the data each step sees.
         raise ConfigError(
             f"run {run_name}: {resume} cannot be resumed: {conflict}. Run it with the same samples per step "
             "(processes x per_device_train_batch_size x gradient_accumulation_steps), or restart from its weights "
-            f"with a fresh optimizer and the new schedule: move {workdir} aside and run this job's command with "
-            f"--init {resume}"
+            f"with a fresh optimizer and the new schedule: move {workdir} aside (e.g. `mv {workdir} {aside}`) and "
+            f"run this job's command with --init {aside / resume.name}"
         )
     if changed and workdir.exists():
         if state.is_main_process:
