@@ -82,9 +82,15 @@ def _thumbnail(cell, index) -> str:
 
 def markdown_html(text: str) -> str:
     """The summary's markdown (headings, paragraphs, pipe tables) as HTML."""
-    out, table = [], []
+    out, table, para = [], [], []
+
+    def inline(line: str) -> str:
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(line))
 
     def flush():
+        if para:
+            out.append(f"<p>{' '.join(inline(line) for line in para)}</p>")
+            para.clear()
         if table:
             rows = [r for r in table if not re.fullmatch(r"\|?(\s*-+\s*\|)+\s*-*\s*", r)]
             cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
@@ -97,12 +103,13 @@ def markdown_html(text: str) -> str:
         if line.startswith("|"):
             table.append(line)
             continue
-        flush()
+        if table or not line.strip() or line.startswith("#"):
+            flush()
         if line.startswith("#"):
             level = min(6, len(line) - len(line.lstrip("#")) + 1)
             out.append(f"<h{level}>{_e(line.lstrip('#').strip())}</h{level}>")
         elif line.strip():
-            out.append(f"<p>{_e(line)}</p>")
+            para.append(line.strip())
     flush()
     return "\n".join(out)
 
