@@ -22,6 +22,11 @@ def _png(path, color):
 
 @pytest.fixture
 def workflow_outputs(tmp_path):
+    return make_workflow_outputs(tmp_path)
+
+
+def make_workflow_outputs(tmp_path):
+    """Tables, a figure, predictions, scores and a data table as the workflow writes them, under ``tmp_path``."""
     # benchmark images: a real PNG per row, so that thumbnails must be decoded and re-encoded
     buf = io.BytesIO()
     Image.new("RGB", (56, 56), (10, 200, 10)).save(buf, format="PNG")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from .test_report import _report, workflow_outputs  # noqa: F401  (the fixture)
+from .test_report import _report, make_workflow_outputs
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 # Without these, Chromium tries to reach Google's services at start (this machine has no such network).
@@ -70,8 +70,8 @@ def screenshot(page: Path, workdir: Path) -> Path:
     return shot
 
 
-def test_chromium_shows_every_table_and_image_of_the_report(tmp_path, workflow_outputs):
-    page = _report(tmp_path, workflow_outputs, per_category=1, seed=0)
+def test_chromium_shows_every_table_and_image_of_the_report(tmp_path):
+    page = _report(tmp_path, make_workflow_outputs(tmp_path), per_category=1, seed=0)
     seen = browse(page, tmp_path)
     html = page.read_text()
     assert seen["images"] == html.count("<img ") and seen["images"] >= 6  # the figure and 5 example thumbnails
@@ -82,9 +82,9 @@ def test_chromium_shows_every_table_and_image_of_the_report(tmp_path, workflow_o
         assert colours is None or len(colours) > 20, "the screenshot is (nearly) blank"
 
 
-def test_a_broken_image_is_seen_as_broken(tmp_path, workflow_outputs):
+def test_a_broken_image_is_seen_as_broken(tmp_path):
     # The check itself can fail: one thumbnail's bytes damaged, the browser decodes one image fewer.
-    page = _report(tmp_path, workflow_outputs, per_category=1, seed=0)
+    page = _report(tmp_path, make_workflow_outputs(tmp_path), per_category=1, seed=0)
     html = page.read_text()
     start = html.index('<img class="thumb" src="data:image/png;base64,') + len(
         '<img class="thumb" src="data:image/png;base64,'
