@@ -121,7 +121,7 @@ def run_order(config: Mapping) -> list[str]:
     return order
 
 
-SECRET_KEY_PATTERN = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
+SECRET_KEY_PATTERN = re.compile(r"(^|_)(token|secret|password|passwd|api_key|apikey|credentials?)($|_)", re.IGNORECASE)
 
 
 def check_run(name: str, run: Mapping, prompts: Mapping) -> None:

@@ -160,3 +160,13 @@ def test_secrets_are_refused_in_trainer_args(demo_config):
     config["runs"]["SpatialReasoner"]["trainer_args"] = {"hub_token": "hf_abc"}
     message = rejected(config, "runs.SpatialReasoner.trainer_args.hub_token", "environment")
     assert "hf_abc" not in message
+    for key in ("token", "wandb_api_key", "HUB_PASSWORD", "secret_key"):
+        config["runs"]["SpatialReasoner"]["trainer_args"] = {key: "x"}
+        rejected(config, f"runs.SpatialReasoner.trainer_args.{key}", "environment")
+
+
+def test_trainer_args_about_tokens_are_not_taken_for_secrets(demo_config):
+    # A setting that counts tokens is no credential (the paper config sets this one for the official loss).
+    config = copy.deepcopy(demo_config)
+    config["runs"]["SpatialReasoner-SFT"]["trainer_args"] = {"average_tokens_across_devices": False}
+    validate_config(config)
