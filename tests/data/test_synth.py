@@ -250,3 +250,19 @@ def test_cli_reports_bad_json(tmp_path, capsys):
 
     assert main(["synthesize", "--out", str(tmp_path), "--config", "{nope"]) == 2
     assert "--config is not valid JSON" in capsys.readouterr().err
+
+
+def test_sft_categories_choose_the_question_kinds_of_the_sft_rows(tmp_path):
+    import pandas as pd
+
+    cats = ["location_closer_to_camera", "Depth", "Distance"]
+    generate(tmp_path, {**SMALL, "sft": {**SMALL["sft"], "categories": cats}})
+    for split in ("train", "val"):
+        rows = pd.read_parquet(next((tmp_path / "SpatialReasonerTrain-SFT").rglob(f"{split}*.parquet")))
+        qa = rows[rows["answer_cot"].notna()] if "answer_cot" in rows else rows
+        assert set(qa["category"]) == set(cats), (split, set(qa["category"]))
+    rl = pd.read_parquet(next((tmp_path / "SpatialReasonerTrain-RL").rglob("train*.parquet")))
+    assert set(rl["category"]) <= set(SUBTYPES_3DSRBENCH)
+    for bad in (["Depth", "Depht"], [], ["Depth", "Depth"]):
+        with pytest.raises(ConfigError, match=r"synthetic.sft.categories: expected distinct question categories"):
+            resolve_config({"sft": {"categories": bad}})

@@ -125,6 +125,13 @@ def assert_resume_continues_the_same_training(init, data, tmp_path: Path, cfg: d
     train("same", cfg, init, data, work, out, prompts=prompts, seed=0, extra_callbacks=[resumed])
     figures = {"reference": reference.logs, "resumed": resumed.logs}
     (tmp_path / "losses.json").write_text(json.dumps(figures, indent=1, default=str))
+    # Shown with `pytest -s`: the figures the README quotes.
+    print(f"\n{cfg['stage']} killed after checkpoint-2, resumed; {', '.join(compared)} per step (reference / resumed):")
+    for step in sorted(reference.logs):
+        cells = [
+            f"{reference.logs[step][k]:.6g} / {resumed.logs.get(step, {}).get(k, float('nan')):.6g}" for k in compared
+        ]
+        print(f"  step {step}: " + "; ".join(cells))
 
     assert resumed.start_step == 2
     assert sorted(resumed.logs) == [3, 4]

@@ -58,7 +58,9 @@ DEFAULTS: dict = {
     "image_size": 112,
     "objects": [3, 5],
     "questions_per_image": 2,
-    "sft": {"train": 300, "val": 24, "conversations": 60},
+    # `categories`: the question kinds of the 3D QA rows (default the 12 3DSRBench subtypes, as the real training
+    # data's; CV-Bench-3D's Depth and Distance may be added).
+    "sft": {"train": 300, "val": 24, "conversations": 60, "categories": list(SUBTYPES_3DSRBENCH)},
     "rl": {"train": 96, "val": 12},
     "3DSRBench": {"questions": 60, "flip": list(FLIP_SUBTYPES)},
     "CV-Bench-3D": {"questions": 120},
@@ -93,6 +95,13 @@ def resolve_config(cfg: dict | None) -> dict:
         raise ConfigError(f"synthetic.image_size: expected at least 28 pixels, got {out['image_size']}")
     if not (isinstance(out["cot_decimals"], int) and 0 <= out["cot_decimals"] <= 4):
         raise ConfigError(f"synthetic.cot_decimals: expected an integer from 0 to 4, got {out['cot_decimals']!r}")
+    categories = out["sft"]["categories"]
+    known = (*SUBTYPES_3DSRBENCH, *CATEGORIES_CVBENCH3D)
+    if not categories or set(categories) - set(known) or len(set(categories)) != len(categories):
+        raise ConfigError(
+            f"synthetic.sft.categories: expected distinct question categories among {', '.join(known)}; "
+            f"got {categories!r}"
+        )
     unknown_flip = set(out["3DSRBench"]["flip"]) - set(SUBTYPES_3DSRBENCH)
     if unknown_flip:
         raise ConfigError(f"synthetic.3DSRBench.flip: unknown subtypes {sorted(unknown_flip)}")
@@ -284,7 +293,8 @@ def _generate(out_dir: str | Path, cfg: dict) -> dict:
         for kind, split in (("sft", "train"), ("sft", "val"), ("rl", "train"), ("rl", "val")):
             rows: list[dict] = []
             last = None
-            for item in questions_stream(cfg, f"{kind}-{split}", SUBTYPES_3DSRBENCH, int(cfg[kind][split])):
+            categories = cfg["sft"]["categories"] if kind == "sft" else SUBTYPES_3DSRBENCH
+            for item in questions_stream(cfg, f"{kind}-{split}", categories, int(cfg[kind][split])):
                 if item.image_name != last:
                     tar.add(f"openimages/{item.image_name}", encode_jpeg(render(item.scene), quality))
                     last = item.image_name
