@@ -90,11 +90,10 @@ def test_grpo_vllm_row_ran_or_says_why(report):
     if not _installed("vllm"):
         assert (row["status"], row["reason"]) == ("skipped", "vllm is not installed")
         return
-    assert row["status"] in ("ok", "error")
-    if row["status"] == "ok":
-        assert row["figures"]["loss_finite"] and row["figures"]["generation"] == "vllm-colocate"
-    else:
-        assert row["reason"] and row["reason"] in report["markdown"]
+    # vLLM's CPU build runs colocated GRPO here (tests/train/test_vllm_colocate.py), so the row must too.
+    assert row["status"] == "ok", row["reason"]
+    assert row["figures"]["loss_finite"] and row["figures"]["generation"] == "vllm-colocate"
+    assert row["figures"]["generation_seconds"] > 0 and row["figures"]["update_seconds"] > 0
 
 
 def test_inference_rows_and_agreement_come_from_real_outputs(report):
