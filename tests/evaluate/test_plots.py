@@ -172,3 +172,18 @@ def test_cli_draws_both_figures_and_reports_bad_input_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{state}: log_history is empty" in proc.stderr
+
+
+def test_curve_summary_gives_the_first_and_last_quarter_means():
+    from spatialreasoner.evaluate.plots import curve_summary
+
+    acc = [0.0, 0.5, 0.25, 0.25, 0.5, 0.5, 1.0, 0.5]
+    history = [
+        {"step": s, "loss": 2.0 - 0.1 * s, "rewards/accuracy/mean": a, "frac_reward_zero_std": 0.5, "learning_rate": 1}
+        for s, a in zip(range(1, 9), acc, strict=True)
+    ] + [{"step": 8, "train_runtime": 3.0}]
+    line = curve_summary(history)
+    assert line.startswith("8 logged steps; loss 1.9 at step 1, 1.2 at step 8")
+    # quarters of 8 steps: steps 1-2 and 7-8
+    assert "accuracy 0.250 -> 0.750 (first -> last quarter)" in line
+    assert "frac_reward_zero_std 0.500 -> 0.500" in line

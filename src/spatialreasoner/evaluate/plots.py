@@ -216,6 +216,29 @@ def _curve(
         ax.plot(steps, smooth, **style, linewidth=1.6, label=label)
 
 
+def quarter_means(values: np.ndarray) -> tuple[float, float]:
+    """Means over the first and the last quarter of the values (at least one value each)."""
+    k = max(1, len(values) // 4)
+    return float(values[:k].mean()), float(values[-k:].mean())
+
+
+def curve_summary(history: Sequence[Mapping]) -> str:
+    """One line of what the curves show: the loss at the first and last step and, for each logged reward (and the
+    share of GRPO groups whose rewards had no spread), the means over the first and last quarter of the steps."""
+    steps, loss = series(history, "loss")
+    parts = [
+        f"{len(steps)} logged steps; loss {loss[0]:.4g} at step {int(steps[0])}, {loss[-1]:.4g} at step {int(steps[-1])}"
+    ]
+    keys = [f"rewards/{name}/mean" for name in reward_names(history)] + ["reward", "frac_reward_zero_std"]
+    for key in keys:
+        _, values = series(history, key)
+        if len(values):
+            first, last = quarter_means(values)
+            name = key.removeprefix("rewards/").removesuffix("/mean")
+            parts.append(f"{name} {first:.3f} -> {last:.3f} (first -> last quarter)")
+    return "; ".join(parts)
+
+
 def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = None, stage: str | None = None) -> Path:
     """Loss, learning rate and (GRPO) reward means against the optimizer step, from ``trainer_state.json``.
 
@@ -234,6 +257,7 @@ def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = 
     if stage == "grpo" and not rewards:
         raise DataError(f"{path}: a GRPO run's log_history has no 'rewards/<name>/mean' entries")
 
+    log.info("%s", curve_summary(history))
     n_panels = 3 if rewards else 2
     fig = Figure(figsize=(4.6 * n_panels, 3.8), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
