@@ -62,7 +62,7 @@ def taught_reply(i: int) -> str:
     return f"<think>{WORDS[i % len(WORDS)]}</think><answer>{'AB'[(i // 2) % 2]}</answer>"
 
 
-def teach(model_dir, bench_tsv, out_dir, rows: int, steps: int = 80, lr: float = 1e-2):
+def teach(model_dir, bench_tsv, out_dir, rows: int, steps: int = 80, lr: float = 3e-3):
     """Train the tiny model for ``steps`` steps to give row i of ``bench_tsv`` (i < ``rows``) ``taught_reply(i)``
     on the inference prompt; save it to ``out_dir``. Unseen rows then get replies that vary with the input."""
     import torch
