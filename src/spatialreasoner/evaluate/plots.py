@@ -257,7 +257,7 @@ def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = 
     if stage == "grpo" and not rewards:
         raise DataError(f"{path}: a GRPO run's log_history has no 'rewards/<name>/mean' entries")
 
-    log.info("%s", curve_summary(history))
+    log.info("%s: %s", run or path, curve_summary(history))
     n_panels = 3 if rewards else 2
     fig = Figure(figsize=(4.6 * n_panels, 3.8), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
