@@ -25,11 +25,16 @@ SHUTDOWN_TIMEOUT = 540
 SIGNAL_MARGIN = 60
 
 
+def shutdown_timeout(run_cfg: Mapping) -> int:
+    """The run's ``shutdown_timeout``, or the workflow's default when the run leaves it unset."""
+    timeout = run_cfg.get("shutdown_timeout")
+    return int(SHUTDOWN_TIMEOUT if timeout is None else timeout)
+
+
 def stop_signal_lead(run_cfg: Mapping) -> int:
     """Seconds before a training job's time limit at which SLURM sends SIGTERM (``--signal=TERM@<lead>``): the
     launcher's grace period for the checkpoint plus a margin for the step in progress."""
-    timeout = run_cfg.get("shutdown_timeout")
-    return int(SHUTDOWN_TIMEOUT if timeout is None else timeout) + SIGNAL_MARGIN
+    return shutdown_timeout(run_cfg) + SIGNAL_MARGIN
 
 
 def training_processes(run_cfg: Mapping) -> int:
@@ -48,10 +53,9 @@ def training_processes(run_cfg: Mapping) -> int:
 def launcher_environment(run_cfg: Mapping) -> dict[str, str]:
     """Environment of ``accelerate launch`` (read by torch's elastic agent): which signals it forwards to the
     training processes and how long it then waits for their checkpoint before killing them."""
-    timeout = run_cfg.get("shutdown_timeout")
     return {
         "PET_SIGNALS_TO_HANDLE": FORWARDED_SIGNALS,
-        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(int(SHUTDOWN_TIMEOUT if timeout is None else timeout)),
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(shutdown_timeout(run_cfg)),
     }
 
 
