@@ -1,8 +1,29 @@
 #!/usr/bin/env bash
-# Set up .venv with the test extras and run the whole test suite (lint and the SLURM tests included).
-# Extra arguments go to pytest (e.g. -k tiny, -x).
+# Set up .venv with the test extras and run the tests.
+#   bash scripts/test.sh            the full suite (lint, the workflow runs and the SLURM tests included): what CI runs
+#   bash scripts/test.sh --quick    the quick tier, run before each commit: every test not marked slow or slurm
+#   --cov                           also measure line coverage of src/spatialreasoner (subprocesses and workflow jobs
+#                                   included) and print it; combine with --quick for the quick tier's figure
+# Other arguments go to pytest (e.g. -k tiny, -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=false
+cov=false
+args=()
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=true ;;
+        --cov) cov=true ;;
+        *) args+=("$arg") ;;
+    esac
+done
 bash scripts/setup.sh test
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/python -m pytest "$@"
+if $quick; then
+    args=(-m "not slow and not slurm" "${args[@]}")
+fi
+if $cov; then
+    # [tool.coverage] in pyproject.toml starts coverage in every Python subprocess too (patch = subprocess).
+    args=(--cov --cov-report=term "${args[@]}")
+fi
+.venv/bin/python -m pytest "${args[@]}"

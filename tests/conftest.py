@@ -15,6 +15,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread per process, inherited by every process a test starts (set before torch is imported). The tiny
+# models gain nothing from a second thread, and tests that run several processes (parallel inference workers, two
+# training ranks, workflow jobs, pytest-xdist workers) would otherwise put more threads than cores to spin against
+# each other: on 2 loaded cores, 2-thread generation with the tiny model was measured 20x slower than 1-thread.
+# Workflow jobs get their rule's `threads` from Snakemake itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`), keep each module on one worker, so that its module-scoped fixtures (a
+    workflow run, a trained model) are built once, and every SLURM test on one worker, so that one test cluster serves
+    them. Modules with slow tests are handed out first, so that the longest ones do not start last."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        group = "slurm" if item.get_closest_marker("slurm") else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)  # stable: the order within each stays
 
 
 @pytest.fixture(scope="session")

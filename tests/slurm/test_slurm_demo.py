@@ -1,9 +1,12 @@
-"""The demo workflow end to end through a real SLURM cluster with `--profile profiles/slurm`.
+"""The demo's DAG end to end through a real SLURM cluster with `--profile profiles/slurm`.
 
-Inference asks for one (fake) GPU through `evaluate.resources`; training through `--set-resources`, because a run
-configured with GPUs launches DeepSpeed, which a CPU machine cannot run (tests/slurm/test_multinode_submit.py checks
-that the train rule takes its GPUs from the run's config). The first training job is killed with SIGTERM after its
-first checkpoint, as the time-limit warning (`--signal`) or a preemption would, and the retried job must resume.
+This proves dispatch, resources and requeue, not learning: the demo config runs with `slurm-overlay.yaml` beside
+this file, which keeps every rule of the DAG (data, three training runs, checkpoint evaluation, tables, plots, report)
+but shrinks the data and step counts. Inference asks for one (fake) GPU through `evaluate.resources`; training
+through `--set-resources`, because a run configured with GPUs launches DeepSpeed on GPUs
+(tests/slurm/test_multinode_submit.py checks that the train rule takes its GPUs from the run's config). The first
+training job is killed with SIGTERM after its first checkpoint, as the time-limit warning (`--signal`) or a
+preemption would, and the retried job must resume.
 """
 
 from __future__ import annotations
@@ -17,18 +20,15 @@ import pytest
 import yaml
 from cluster import requested_gpus
 
-# The whole demo runs in the first test's fixture; allow it more than the suite's default per-test limit.
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
+from spatialreasoner.config import merge_configs
+
+# The shrunk demo runs in the first test's fixture; allow it more than the suite's default per-test limit.
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1200)]
+OVERLAY = Path(__file__).resolve().parent / "slurm-overlay.yaml"
 
 # The rules that run on GPUs in a real reproduction; every other rule must be submitted without GPUs.
 GPU_RULES = {"train", "infer"}
 KILLED_RUN = "SpatialReasoner-SFT"
-SAVE_STEPS = 5  # checkpoints of the killed run come every few steps, so the kill lands mid-training
-
-
-def gpu_overlay() -> dict:
-    """Config overrides: inference asks for one GPU; the killed run checkpoints often."""
-    return {"runs": {KILLED_RUN: {"save_steps": SAVE_STEPS}}, "evaluate": {"resources": {"gpus": 1}}}
 
 
 def first_checkpoint(workdir: Path) -> Path | None:
@@ -45,12 +45,15 @@ def run_demo_killing_training(slurm_snakemake, workdir: Path) -> dict:
     and let the profile's retries resubmit it."""
     demo = yaml.safe_load((workdir / "config/demo.yaml").read_text())
     assert KILLED_RUN in demo["runs"], f"the demo config has no run {KILLED_RUN}"
-    (workdir / "gpu-overlay.yaml").write_text(yaml.safe_dump(gpu_overlay()))
+    overlay = yaml.safe_load(OVERLAY.read_text())
+    assert overlay["evaluate"]["resources"]["gpus"] == 1, "inference must ask SLURM for a GPU"
+    assert overlay["runs"][KILLED_RUN]["save_steps"] < overlay["runs"][KILLED_RUN]["stop_steps"] // 4
+    demo = merge_configs(demo, overlay)
     cluster = slurm_snakemake.cluster
     args = (
         "--configfile",
         "config/demo.yaml",
-        "gpu-overlay.yaml",
+        str(OVERLAY),
         "--set-resources",
         "train:gpu=1",
         "train:cpus_per_gpu=1",
