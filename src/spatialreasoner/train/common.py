@@ -27,6 +27,7 @@ RUN_DEFAULTS: dict = {
     "per_device_train_batch_size": 1,
     "gradient_accumulation_steps": 1,
     "num_processes": None,  # training processes; default: the job's GPUs (minus a vLLM server GPU), 1 on CPU
+    "accelerate_config": None,  # accelerate config file; default: workflow/accelerate/zero3.yaml (GPUs), cpu.yaml
     "shutdown_timeout": 540,  # seconds `accelerate launch` waits for the signal checkpoint before killing processes
     "max_grad_norm": 1.0,
     "weight_decay": 0.0,
