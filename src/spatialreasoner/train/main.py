@@ -83,7 +83,9 @@ BOOKKEEPING_KEYS = frozenset(
 
 #: How the global batch is split over processes: compared through the working folder's schedule.json instead, so
 #: that a run resumes on another process count when its samples per step and schedule stay the same.
-LAYOUT_KEYS = frozenset({"num_processes", "per_device_train_batch_size", "gradient_accumulation_steps"})
+LAYOUT_KEYS = frozenset(
+    {"num_processes", "per_device_train_batch_size", "gradient_accumulation_steps", "accelerate_config"}
+)
 
 
 def _layout_conflict(workdir: Path, resume: Path | None, layout: Mapping) -> str | None:
