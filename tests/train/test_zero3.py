@@ -100,6 +100,26 @@ def test_zero3_run_killed_after_a_checkpoint_resumes_from_its_shards(
     assert moved > 1e-4 and weights < 1e-6
 
 
+def write_benchmark(path: Path, n: int):
+    """A small 3DSRBench-style TSV in VLMEvalKit's layout (base64 PNG images)."""
+    import base64
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    rows = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.new("RGB", (56, 56), (60 * i % 255, 120, 200)).save(buf, format="PNG")
+        rows.append({"index": i, "qid": f"q{i // 2}" + ("-1" if i % 2 else ""), "question": "Is the red cube higher?",
+                     "A": "yes", "B": "no", "answer": "A", "category": "height_higher",
+                     "image": base64.b64encode(buf.getvalue()).decode()})  # fmt: skip
+    df = pd.DataFrame(rows)
+    df.to_csv(path, sep="\t", index=False)
+    return df
+
+
 BLOCKED_DEEPSPEED = """
 import json, sys
 sys.modules["deepspeed"] = None  # any import of DeepSpeed fails: the folder must not need it
@@ -122,14 +142,12 @@ def test_zero3_final_model_holds_consolidated_weights_that_load_and_evaluate_wit
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from ..evaluate.conftest import make_benchmark
-
     model = zero3_sft / "model"
     files = {p.name for p in model.iterdir()}
     assert {"model.safetensors", "config.json", "chat_template.jinja", "tokenizer.json", "processor_config.json",
             "run.json"} <= files  # fmt: skip
     assert not [f for f in files if f.startswith(("global_step", "zero_", "rng_state", "latest", "optimizer"))]
-    bench = make_benchmark(tmp_path / "bench.tsv", n=4)
+    bench = write_benchmark(tmp_path / "bench.tsv", n=4)
     proc = subprocess.run(
         [sys.executable, "-c", BLOCKED_DEEPSPEED, str(model), str(tmp_path / "bench.tsv"), str(tmp_path),
          str(tmp_path / "weights.pt")], capture_output=True, text=True, env=job_env(), timeout=600,
