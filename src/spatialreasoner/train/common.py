@@ -181,8 +181,10 @@ def load_rgb(path):
 
 # --- final model ----------------------------------------------------------------------------------------------------
 
-# Trainer state files of a checkpoint that do not belong in a model folder.
-_NOT_MODEL_FILES = {"optimizer.pt", "scheduler.pt", "training_args.bin", "latest", "zero_to_fp32.py"}
+# Trainer state files of a checkpoint that do not belong in a model folder; DeepSpeed adds its shards' folder, their
+# `latest` pointer and its conversion scripts (zero_to_fp32.py, zero_to_torch.py).
+_NOT_MODEL_FILES = {"optimizer.pt", "scheduler.pt", "training_args.bin", "latest", "zero_to_fp32.py",
+                    "zero_to_torch.py"}  # fmt: skip
 
 
 def export_final_model(checkpoint: Path, out: Path, run_json: Mapping) -> Path:
