@@ -119,3 +119,14 @@ def test_a_deepspeed_global_batch_the_processes_cannot_split_is_refused(repo_roo
         check_zero_settings("f", settings, CPU_RUN)
     ds.write_text(json.dumps({"train_batch_size": "auto", "zero_optimization": {"stage": 3}}))
     check_zero_settings("f", settings, CPU_RUN)
+
+
+def test_gpu_check_refuses_a_zero3_file_it_cannot_run(repo_root, tmp_path):
+    from spatialreasoner.gpucheck.main import check_zero3_file
+
+    check_zero3_file(repo_root / ZERO3_FILE, tiny=True)
+    bad = zero3_copy(repo_root, tmp_path / "stage2.yaml", ds_zero_stage=2)
+    with pytest.raises(ConfigError, match=rf"--accelerate-config {bad}: deepspeed_config.zero_stage is 2"):
+        check_zero3_file(bad, tiny=True)
+    with pytest.raises(ConfigError, match=r"distributed_type is not DEEPSPEED"):
+        check_zero3_file(repo_root / "workflow/accelerate/cpu.yaml", tiny=True)
