@@ -19,7 +19,8 @@ from spatialreasoner.train.launch import train_command
 from .conftest import FAST_SFT, read_state
 from .test_multiproc import job_env, killed_after_checkpoint_3, losses, max_weight_difference, run_job
 
-pytestmark = pytest.mark.slow
+# Each test starts 2-process jobs (a minute or two each on a quiet 2-core machine); a loaded machine needs longer.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ZERO3_FILE = "workflow/accelerate/zero3.yaml"
 STOP = 6

@@ -113,7 +113,7 @@ def zero_conflict(before: Mapping, now: Mapping) -> str | None:
     was, now_stage = before.get("zero_stage"), now.get("zero_stage")
 
     def mode(stage) -> str:
-        return f"DeepSpeed ZeRO-{stage}" if stage else "without DeepSpeed"
+        return f"with DeepSpeed ZeRO-{stage}" if stage else "without DeepSpeed"
 
     if was != now_stage:
         return f"it was trained {mode(was)}; this job trains {mode(now_stage)}"
