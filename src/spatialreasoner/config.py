@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from spatialreasoner.errors import ConfigError
-from spatialreasoner.train.launch import SIGNAL_MARGIN, stop_signal_lead
+from spatialreasoner.train.launch import SIGNAL_MARGIN, check_run_accelerate_config, stop_signal_lead
 
 SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
 
@@ -166,6 +166,7 @@ def check_run(name: str, run: Mapping, prompts: Mapping) -> None:
             f"time limit at which SLURM tells the job to save and stop (shutdown_timeout + {SIGNAL_MARGIN} s), so "
             f"the job would stop as it starts; expected runtime > {lead / 60:g} min or a smaller shutdown_timeout"
         )
+    check_run_accelerate_config(name, run)
     for key in run.get("trainer_args") or {}:
         if SECRET_KEY_PATTERN.search(key):
             raise ConfigError(

@@ -66,12 +66,22 @@ def test_rows_for_missing_packages_are_skipped_with_the_reason(report):
         assert (flash["status"], flash["reason"]) == ("skipped", "flash-attn is not installed")
     else:
         assert (flash["status"], flash["reason"]) == ("skipped", "flash-attn needs a CUDA GPU")
+    assert flash["reason"] in report["markdown"] and flash["reason"] in report["stdout"]
     if not _installed("deepspeed"):
         assert (zero3["status"], zero3["reason"]) == ("skipped", "deepspeed is not installed")
-    else:
-        assert zero3["status"] != "skipped"
-    for r in (flash, zero3):
-        assert r["reason"] in report["markdown"] and r["reason"] in report["stdout"]
+        assert zero3["reason"] in report["markdown"] and zero3["reason"] in report["stdout"]
+
+
+def test_zero3_row_runs_deepspeed_stage_3_on_two_cpu_processes(report):
+    zero3 = _row(report, "SFT", "accelerate + DeepSpeed ZeRO-3")
+    assert _installed("deepspeed"), "the CPU lock installs DeepSpeed (bash scripts/setup.sh)"
+    assert zero3["status"] == "ok", zero3["reason"]
+    f = zero3["figures"]
+    # The stage DeepSpeed's engine ran, with the parameters sharded over two CPU processes.
+    assert f["deepspeed_zero_stage"] == f["deepspeed_zero_stage_requested"] == 3 and f["processes"] == 2
+    assert f["loss_finite"] and len(f["losses"]) == f["steps"] == 6 and f["gradient_checkpointing"] is True
+    assert "ZeRO stage 3 as run by DeepSpeed over 2 process(es)" in zero3["details"]
+    assert zero3["details"] in report["markdown"].replace("\\|", "|")
 
 
 def test_grpo_row_splits_step_time(report):

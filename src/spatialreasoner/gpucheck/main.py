@@ -313,6 +313,8 @@ def gpu_check(args: argparse.Namespace) -> dict:
         "pixel limits": f"{recipes['min_pixels']:,}-{recipes['max_pixels']:,}",
     }
     zero3 = accelerate_config_path(args.accelerate_config)
+    if zero3 is not None and "sft-zero3" in selected:
+        check_zero3_file(zero3, tiny)
 
     # Which model (and recipe) each selected stage runs, or why it is skipped.
     plan = []
@@ -373,8 +375,10 @@ def gpu_check(args: argparse.Namespace) -> dict:
         if stage.kind.startswith("sft"):
             spec |= {"steps": args.sft_steps or profile.sft_steps, "warmup_steps": profile.sft_warmup}
             if stage.kind == "sft-zero3":
+                # One GPU; on a CPU (--tiny) two processes of DeepSpeed's CPU accelerator, so that ZeRO-3 shards.
                 launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(zero3),
-                            "--num_processes", "1", "--num_machines", "1", "--main_process_port", str(free_port())]  # fmt: skip
+                            "--num_processes", "2" if tiny else "1", "--num_machines", "1",
+                            "--mixed_precision", "no" if tiny else "bf16", "--main_process_port", str(free_port())]  # fmt: skip
         elif stage.kind.startswith("grpo"):
             spec |= {"steps": args.grpo_steps or profile.grpo_steps, "warmup_steps": profile.grpo_warmup,
                      "vllm_gpu_memory_utilization": args.vllm_gpu_memory_utilization,
@@ -388,7 +392,8 @@ def gpu_check(args: argparse.Namespace) -> dict:
                 spec["reference"] = hf["figures"]["outputs"] if hf else None
                 if hf is None:
                     spec["rows"] = profile.infer_rows
-        result = run_stage(stage.key, stage.module, spec, workdir, cap, env, launcher)
+        stage_env = {**env, "DS_ACCELERATOR": "cpu"} if tiny and stage.kind == "sft-zero3" else env
+        result = run_stage(stage.key, stage.module, spec, workdir, cap, stage_env, launcher)
         result["memory_note"] = note
         rows.extend(_rows_for(stage, label, result))
 
@@ -398,6 +403,17 @@ def gpu_check(args: argparse.Namespace) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
         report["workdir"] = None
     return report
+
+
+def check_zero3_file(path: Path, tiny: bool) -> None:
+    """The ZeRO-3 row's accelerate config must be a ZeRO-3 file the training can use (before any stage runs)."""
+    from spatialreasoner.train.launch import check_zero_settings, zero_settings_of_file
+
+    settings = zero_settings_of_file(path)
+    if settings is None:
+        raise ConfigError(f"--accelerate-config {path}: distributed_type is not DEEPSPEED; expected a ZeRO-3 file")
+    run = {"precision": "fp32" if tiny else "bf16", "resources": {"gpus": 0 if tiny else 1}}
+    check_zero_settings(f"--accelerate-config {path}", settings, run, processes=2 if tiny else 1)
 
 
 def skip_reason(stage: Stage, probe: dict, zero3: Path | None) -> str | None:

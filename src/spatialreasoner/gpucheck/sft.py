@@ -130,10 +130,13 @@ def run_sft(spec: dict) -> dict:
     if not timer.times:
         raise RuntimeError("no optimizer step finished before the stage's time cap")
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    # The stage DeepSpeed's engine actually ran (not the one asked for), and how many processes shared it.
+    engine = trainer.model_wrapped if hasattr(trainer.model_wrapped, "zero_optimization_stage") else None
     result = {
         "model": spec["model"],
         "attn": trainer.model.config._attn_implementation,
-        "deepspeed_zero_stage": plugin.zero_stage if plugin is not None else None,
+        "deepspeed_zero_stage": int(engine.zero_optimization_stage()) if engine is not None else None,
+        "deepspeed_zero_stage_requested": plugin.zero_stage if plugin is not None else None,
         "processes": trainer.accelerator.num_processes,
         "dtype": str(next(trainer.model.parameters()).dtype).removeprefix("torch."),
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),

@@ -59,7 +59,12 @@ def sft_row(variant: str, model: str, result: dict) -> dict:
             f"({_num(result['seconds_per_step'], 3)} s/step after warm-up); loss {_num(result['loss_first'], 3)} -> "
             f"{_num(result['loss_last'], 3)} ({'finite' if result['loss_finite'] else 'NOT finite'}); "
             f"attn {result['attn']}, {result['dtype']}"
-            + (f", ZeRO stage {result['deepspeed_zero_stage']}" if result.get("deepspeed_zero_stage") else "")
+            + (
+                f", ZeRO stage {result['deepspeed_zero_stage']} as run by DeepSpeed over {result['processes']} "
+                "process(es)"
+                if result.get("deepspeed_zero_stage")
+                else ""
+            )
         )
     return out
 

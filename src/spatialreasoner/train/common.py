@@ -27,6 +27,7 @@ RUN_DEFAULTS: dict = {
     "per_device_train_batch_size": 1,
     "gradient_accumulation_steps": 1,
     "num_processes": None,  # training processes; default: the job's GPUs (minus a vLLM server GPU), 1 on CPU
+    "accelerate_config": None,  # accelerate config file; default: workflow/accelerate/zero3.yaml (GPUs), cpu.yaml
     "shutdown_timeout": 540,  # seconds `accelerate launch` waits for the signal checkpoint before killing processes
     "max_grad_norm": 1.0,
     "weight_decay": 0.0,
@@ -180,8 +181,10 @@ def load_rgb(path):
 
 # --- final model ----------------------------------------------------------------------------------------------------
 
-# Trainer state files of a checkpoint that do not belong in a model folder.
-_NOT_MODEL_FILES = {"optimizer.pt", "scheduler.pt", "training_args.bin", "latest", "zero_to_fp32.py"}
+# Trainer state files of a checkpoint that do not belong in a model folder; DeepSpeed adds its shards' folder, their
+# `latest` pointer and its conversion scripts (zero_to_fp32.py, zero_to_torch.py).
+_NOT_MODEL_FILES = {"optimizer.pt", "scheduler.pt", "training_args.bin", "latest", "zero_to_fp32.py",
+                    "zero_to_torch.py"}  # fmt: skip
 
 
 def export_final_model(checkpoint: Path, out: Path, run_json: Mapping) -> Path:

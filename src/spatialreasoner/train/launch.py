@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping
+from pathlib import Path
 
 #: Accelerate config files, relative to the workflow's root folder.
 ACCELERATE_CONFIGS = {"gpu": "workflow/accelerate/zero3.yaml", "cpu": "workflow/accelerate/cpu.yaml"}
+#: The only ZeRO stage the workflow's DeepSpeed path runs (the paper's; the one the tests train with).
+ZERO_STAGE = 3
 MAIN_PROCESS_PORT = 29500
 VLLM_SERVER_PORT = 8000
 #: Signals the launcher forwards to the training processes: its defaults plus SLURM's warning signals, which the
@@ -94,19 +97,24 @@ def train_command(
         return f"spatialreasoner {quoted}"
 
     env = launcher_environment(run_cfg)
+    config_file = accelerate_config_file(run_cfg)
+    zero = uses_deepspeed(run_cfg)
     if gpus == 0:
         # CPU processes share the job's cores (torchrun would give each one thread without being told).
         cores = job_resources(run_cfg)["threads"]
         env["OMP_NUM_THREADS"] = str(max(1, cores // procs))
+        if zero:
+            # DeepSpeed's CPU accelerator (gloo, as no oneCCL is installed): the same ZeRO-3 code as on GPUs.
+            env["DS_ACCELERATOR"] = "cpu"
     launch = [
         *(f"{k}={v}" for k, v in env.items()),
         "accelerate launch",
-        f"--config_file {ACCELERATE_CONFIGS['gpu' if gpus else 'cpu']}",
+        f"--config_file {shlex.quote(config_file)}",
         f"--num_processes {procs * nodes}",
     ]
-    if gpus:
+    if gpus or zero:
         # The run's precision, not the config file's bf16, so that accelerate and the Trainer agree (fp32 runs).
-        launch.append(f"--mixed_precision {'no' if run_cfg.get('precision') in ('fp32', 'float32') else 'bf16'}")
+        launch.append(f"--mixed_precision {launcher_mixed_precision(run_cfg)}")
     if nodes == 1:
         # Port 0: the launcher picks a free port, so that jobs sharing a node do not collide.
         launch.append("--main_process_port 0")
@@ -142,6 +150,172 @@ def train_command(
             f'{server} server=$!; {ready}; trap "kill $server" EXIT; CUDA_VISIBLE_DEVICES={train_devices} {command}'
         )
     return command
+
+
+def accelerate_config_file(run_cfg: Mapping) -> str:
+    """The run's accelerate config file: ``accelerate_config`` when set, else ZeRO-3 on GPUs and DDP on CPU."""
+    given = run_cfg.get("accelerate_config")
+    if given:
+        return str(given)
+    gpus = int((run_cfg.get("resources") or {}).get("gpus", 0) or 0)
+    return ACCELERATE_CONFIGS["gpu" if gpus else "cpu"]
+
+
+def launcher_mixed_precision(run_cfg: Mapping) -> str:
+    """accelerate's ``--mixed_precision`` for the run's ``precision``: fp32 -> no, bf16 -> bf16, auto -> bf16 on
+    GPUs and no on CPU."""
+    precision = run_cfg.get("precision", "auto")
+    gpus = int((run_cfg.get("resources") or {}).get("gpus", 0) or 0)
+    if precision in ("fp32", "float32") or (precision == "auto" and not gpus):
+        return "no"
+    return "bf16"
+
+
+def read_accelerate_config(path: str | Path) -> dict:
+    """An accelerate config file as a mapping; a missing or unreadable file is a ConfigError naming it."""
+    import yaml
+
+    from spatialreasoner.errors import ConfigError
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"accelerate config {path} cannot be read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"accelerate config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"accelerate config {path} is not a mapping of accelerate settings")
+    return data
+
+
+def uses_deepspeed(run_cfg: Mapping) -> bool:
+    """Whether the run's accelerate config runs DeepSpeed (the default GPU file does; a given file is read)."""
+    given = run_cfg.get("accelerate_config")
+    if not given:
+        return bool(int((run_cfg.get("resources") or {}).get("gpus", 0) or 0))
+    return read_accelerate_config(given).get("distributed_type") == "DEEPSPEED"
+
+
+def zero_settings_of_file(path: str | Path) -> dict | None:
+    """The DeepSpeed settings of an accelerate config file (None when it does not use DeepSpeed), in the shape
+    :func:`check_zero_settings` takes."""
+    data = read_accelerate_config(path)
+    if data.get("distributed_type") != "DEEPSPEED":
+        return None
+    ds = data.get("deepspeed_config") or {}
+    return {
+        "zero_stage": ds.get("zero_stage"),
+        "zero3_save_16bit_model": ds.get("zero3_save_16bit_model"),
+        "mixed_precision": data.get("mixed_precision"),
+        "deepspeed_config_file": ds.get("deepspeed_config_file"),
+    }
+
+
+def zero_settings_of_environment(environ: Mapping) -> dict | None:
+    """The DeepSpeed settings ``accelerate launch`` handed the training process (None without DeepSpeed)."""
+    if str(environ.get("ACCELERATE_USE_DEEPSPEED", "")).lower() != "true":
+        return None
+    stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    save = environ.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL")
+    return {
+        "zero_stage": int(stage) if stage and stage.isdigit() else stage,
+        "zero3_save_16bit_model": None if save is None else save.lower() == "true",
+        "mixed_precision": environ.get("ACCELERATE_MIXED_PRECISION"),
+        "deepspeed_config_file": environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None,
+    }
+
+
+def check_zero_settings(
+    where: str, settings: Mapping, run_cfg: Mapping, processes: int | None = None, launched: bool = False
+) -> None:
+    """Refuse DeepSpeed settings the run cannot use, naming ``where`` (a file or the launcher's environment) and
+    the key: a ZeRO stage other than 3, checkpoints without consolidated 16-bit weights (the final model is made from
+    them), fp16 (no run precision trains in it), a launcher precision other than the run's (``launched``: settings
+    read from a running job), and a DeepSpeed file whose ``train_batch_size`` is not the run's global batch."""
+    import json as _json
+
+    from spatialreasoner.errors import ConfigError
+
+    stage = settings.get("zero_stage")
+    if stage != ZERO_STAGE and str(stage) != str(ZERO_STAGE):
+        raise ConfigError(
+            f"{where}: deepspeed_config.zero_stage is {stage!r}; the workflow's DeepSpeed path runs ZeRO stage "
+            f"{ZERO_STAGE} only (the paper's; stages 0-2 are not tested here); expected zero_stage: {ZERO_STAGE}, "
+            "or a config without DeepSpeed"
+        )
+    if settings.get("zero3_save_16bit_model") is not True:
+        raise ConfigError(
+            f"{where}: deepspeed_config.zero3_save_16bit_model is {settings.get('zero3_save_16bit_model')!r}; "
+            "without it ZeRO-3 checkpoints hold only the per-process shards and no model.safetensors, so neither "
+            "the final model nor the evaluation of checkpoints can be made; expected zero3_save_16bit_model: true"
+        )
+    precision = settings.get("mixed_precision")
+    if precision == "fp16":
+        raise ConfigError(
+            f"{where}: mixed_precision is fp16, which no run trains in (runs.<run>.precision is auto, bf16 or fp32); "
+            "expected bf16 or no"
+        )
+    if launched and precision != launcher_mixed_precision(run_cfg):
+        # The Trainer's precision comes from the run; DeepSpeed's from the launcher: both must agree.
+        raise ConfigError(
+            f"{where}: mixed_precision is {precision!r} but runs.<run>.precision {run_cfg.get('precision', 'auto')!r} "
+            f"trains with {launcher_mixed_precision(run_cfg)!r}; expected --mixed_precision "
+            f"{launcher_mixed_precision(run_cfg)} (the workflow's command passes it)"
+        )
+    ds_file = settings.get("deepspeed_config_file")
+    if ds_file:
+        try:
+            ds = _json.loads(Path(ds_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{where}: deepspeed_config_file {ds_file} cannot be read as JSON: {exc}") from exc
+        file_stage = (ds.get("zero_optimization") or {}).get("stage")
+        if file_stage not in (None, "auto", ZERO_STAGE):
+            raise ConfigError(
+                f"{ds_file}: zero_optimization.stage is {file_stage!r}; expected {ZERO_STAGE} (the workflow's "
+                "DeepSpeed path runs ZeRO-3 only)"
+            )
+        check_global_batch(str(ds_file), ds.get("train_batch_size"), run_cfg, processes)
+
+
+def check_global_batch(where: str, global_batch, run_cfg: Mapping, processes: int | None = None) -> None:
+    """A DeepSpeed ``train_batch_size`` (the global batch) must be the processes' share of it times their number:
+    per_device_train_batch_size x processes x gradient_accumulation_steps."""
+    from spatialreasoner.errors import ConfigError
+
+    if global_batch in (None, "auto"):
+        return
+    procs = int(processes or training_processes(run_cfg))
+    per_device = int(run_cfg.get("per_device_train_batch_size", 1))
+    accum = int(run_cfg.get("gradient_accumulation_steps", 1))
+    if not isinstance(global_batch, int) or global_batch % procs:
+        raise ConfigError(
+            f"{where}: train_batch_size {global_batch!r} cannot be split over {procs} processes (num_processes does "
+            f'not divide the global batch); expected a multiple of {procs}, or "auto"'
+        )
+    if global_batch != per_device * procs * accum:
+        raise ConfigError(
+            f"{where}: train_batch_size {global_batch} is not per_device_train_batch_size x processes x "
+            f"gradient_accumulation_steps = {per_device} x {procs} x {accum} = {per_device * procs * accum}; expected "
+            '"auto" (the workflow fills it in) or that product'
+        )
+
+
+def check_run_accelerate_config(run_name: str, run_cfg: Mapping) -> None:
+    """The run's own ``accelerate_config`` (a path relative to the workflow's folder), checked before any job."""
+    given = run_cfg.get("accelerate_config")
+    if not given:
+        return
+    from spatialreasoner.errors import ConfigError
+
+    if not Path(given).is_file():
+        raise ConfigError(
+            f"config key runs.{run_name}.accelerate_config: {given} is not a file (paths are relative to the "
+            f"workflow's folder; the workflow has {', '.join(sorted(set(ACCELERATE_CONFIGS.values())))})"
+        )
+    settings = zero_settings_of_file(given)
+    if settings is not None:
+        check_zero_settings(f"config key runs.{run_name}.accelerate_config ({given})", settings, run_cfg)
 
 
 def vllm_server_args(

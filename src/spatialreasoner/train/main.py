@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -82,7 +83,9 @@ BOOKKEEPING_KEYS = frozenset(
 
 #: How the global batch is split over processes: compared through the working folder's schedule.json instead, so
 #: that a run resumes on another process count when its samples per step and schedule stay the same.
-LAYOUT_KEYS = frozenset({"num_processes", "per_device_train_batch_size", "gradient_accumulation_steps"})
+LAYOUT_KEYS = frozenset(
+    {"num_processes", "per_device_train_batch_size", "gradient_accumulation_steps", "accelerate_config"}
+)
 
 
 def _layout_conflict(workdir: Path, resume: Path | None, layout: Mapping) -> str | None:
@@ -94,11 +97,32 @@ def _layout_conflict(workdir: Path, resume: Path | None, layout: Mapping) -> str
         return None
     before = json.loads(record.read_text())
     problem = resume_conflict(before, layout)
+    if problem is None and zero_conflict(before, layout):
+        return None  # told apart by the caller, whose way out differs
     if problem is None and before.get("num_processes") != layout["num_processes"]:
         log.warning("resuming %s, made with %s process(es), with %s: weights, optimizer, schedule and data position "
                     "carry over, per-process random states only where the rank existed before",
                     resume, before.get("num_processes"), layout["num_processes"])  # fmt: skip
     return problem
+
+
+def zero_conflict(before: Mapping, now: Mapping) -> str | None:
+    """Why a checkpoint cannot resume under this job's ZeRO layout: ZeRO-3 keeps each process's shard of the weights
+    and optimizer states (``global_step<N>/zero_pp_rank_<r>_*``), so it resumes only on its own process count, and
+    a checkpoint made with DeepSpeed or without it resumes only the same way (None when it can)."""
+    was, now_stage = before.get("zero_stage"), now.get("zero_stage")
+
+    def mode(stage) -> str:
+        return f"with DeepSpeed ZeRO-{stage}" if stage else "without DeepSpeed"
+
+    if was != now_stage:
+        return f"it was trained {mode(was)}; this job trains {mode(now_stage)}"
+    if was and before.get("num_processes") != now.get("num_processes"):
+        return (
+            f"its ZeRO-{was} shards are split over {before.get('num_processes')} process(es); this job has "
+            f"{now.get('num_processes')}"
+        )
+    return None
 
 
 def _comparable_config(cfg: Mapping, init: Path, data: Path) -> dict:
@@ -157,6 +181,15 @@ def train(
     state = PartialState(cpu=not on_gpu())
     log_from_main_process_only(state.process_index, state.num_processes)
     num_processes = state.num_processes
+    # Under `accelerate launch` with DeepSpeed: the settings the launcher handed over, checked against the run.
+    from spatialreasoner.train.launch import check_zero_settings, zero_settings_of_environment
+
+    zero = zero_settings_of_environment(os.environ)
+    if zero is not None:
+        check_zero_settings(
+            "the launcher's DeepSpeed settings (ACCELERATE_DEEPSPEED_*, ACCELERATE_MIXED_PRECISION)",
+            zero, cfg, num_processes, launched=True,
+        )  # fmt: skip
     rows = table_rows(data)
     generations = cfg["num_generations"] if cfg["stage"] == "grpo" else 1
     total = full_schedule_steps(
@@ -205,8 +238,23 @@ def train(
     resume = last_checkpoint(workdir)
     changed = _config_changes(workdir, comparable)
     layout = batch_layout(cfg["per_device_train_batch_size"], num_processes, cfg["gradient_accumulation_steps"], total)
+    layout["zero_stage"] = zero["zero_stage"] if zero else None
     conflict = None if changed else _layout_conflict(workdir, resume, layout)
+    record_file = workdir / "schedule.json"
+    sharded = None
+    if not changed and resume is not None and record_file.is_file():
+        sharded = zero_conflict(json.loads(record_file.read_text()), layout)
     state.wait_for_everyone()
+    if sharded and not conflict:
+        aside = workdir.with_name(f"{workdir.name}.weights-only")
+        raise ConfigError(
+            f"run {run_name}: {resume} cannot be resumed: {sharded}. Run it as it was trained (the same accelerate "
+            "config and num_processes), or restart from its consolidated weights (its model.safetensors) with a fresh "
+            f"optimizer: move {workdir} aside (e.g. `mv {workdir} {aside}`) and run this job's command with "
+            f"--init {aside / resume.name}. For the fp32 master weights of a bf16 ZeRO-3 run instead, convert its "
+            f"shards first: `python {aside / resume.name / 'zero_to_fp32.py'} {aside / resume.name} "
+            f"{aside / (resume.name + '-fp32')} --safe_serialization`"
+        )
     if conflict:
         aside = workdir.with_name(f"{workdir.name}.weights-only")
         # Another global batch would change the learning rate at every step and the data each step sees.
