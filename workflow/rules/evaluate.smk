@@ -20,6 +20,11 @@ PROTOCOLS = (
 MAIN_PROTOCOL, EXTRA_PROTOCOLS = PROTOCOLS[0], PROTOCOLS[1:]
 PROTOCOL_ROWS = {f"{model} [{p}]": (model, p) for model in EVAL_MODELS for p in EXTRA_PROTOCOLS}
 JUDGE = EVAL.get("judge") or {}
+# No judge endpoint (`evaluate.judge: null`, or the OpenAI API without a key in the environment): protocol vlmevalkit
+# decides as the VLMEvalKit fork does without a judge, every row its exact matcher cannot decide counted a miss.
+# Only the key's presence is read here; a key set later makes the judge rule run again (its arguments change).
+JUDGE_KEY_SET = bool(os.environ.get(JUDGE.get("api_key_env", "OPENAI_API_KEY")))
+NO_JUDGE = EVAL.get("judge") is None or (not JUDGE.get("base_url") and not JUDGE_KEY_SET)
 SCORE_DIRS = {}
 for _model in TABLE_MODELS:
     for _bench in BENCHMARKS:
@@ -142,9 +147,10 @@ rule judge:
         attempts=JUDGE.get("attempts", 3),
         workers=JUDGE.get("workers", 4),
         seed=config.get("seed", 42),
+        no_judge="--no-judge" if NO_JUDGE else "",
     shell:
         "spatialreasoner --log {log} judge --predictions {input.predictions} --reference {input.benchmark}"
-        " --out {output} --cache {params.cache:q} --judge-model {params.model:q} {params.base_url}"
+        " --out {output} --cache {params.cache:q} --judge-model {params.model:q} {params.base_url} {params.no_judge}"
         " --api-key-env {params.key_env} --max-tokens {params.max_tokens} --attempts {params.attempts}"
         " --workers {params.workers} --seed {params.seed}"
 
