@@ -45,6 +45,16 @@ VISION_ARGS = {
     model: " ".join(f"--{key.replace('_', '-')} {value}" for key, value in limits.items() if value is not None)
     for model, limits in PIXEL_LIMITS.items()
 }
+# A trained model evaluated at the pixel limits its released counterpart's folder ships with
+# (evaluate.models.<name>.pixels_from), read by inference when it starts; that folder is an input of its jobs.
+PIXELS_FROM = {model: spec.get("pixels_from") for model, spec in EVAL["models"].items()}
+
+
+def eval_spec_name(model):
+    """The evaluate.models entry a predictions job belongs to (a checkpoint's: its run's)."""
+    return CHECKPOINT_MODELS[model][0] if model in CHECKPOINT_MODELS else model
+
+
 # The system prompt text when a model is evaluated with it (the SFT model is not), else "none".
 SYSTEM_PROMPTS = {
     model: (config.get("prompts", {}).get("system", "none") if spec.get("system_prompt", True) else "none")
@@ -84,6 +94,9 @@ rule infer:
     input:
         model=lambda w: model_dir(w.model),
         benchmark="results/benchmarks/{bench}.tsv",
+        pixels_from=lambda w: (
+            [model_dir(PIXELS_FROM[eval_spec_name(w.model)])] if PIXELS_FROM.get(eval_spec_name(w.model)) else []
+        ),
     output:
         parquet="results/predictions/{model}/{bench}.parquet",
         xlsx="results/predictions/{model}/{bench}.xlsx",
@@ -104,7 +117,9 @@ rule infer:
         runtime=int(EVAL_RES.get("runtime", 1440)),
     params:
         system_prompt=lambda w: SYSTEM_PROMPTS[w.model],
-        vision=lambda w: VISION_ARGS[CHECKPOINT_MODELS[w.model][0] if w.model in CHECKPOINT_MODELS else w.model],
+        vision=lambda w, input: (
+            f"--pixels-from {input.pixels_from[0]}" if input.pixels_from else VISION_ARGS[eval_spec_name(w.model)]
+        ),
         max_new_tokens=EVAL.get("max_new_tokens", 512),
         batch_size=INFER_BATCH_SIZE,
         on_bad_image=EVAL.get("on_bad_image", "error"),

@@ -402,6 +402,8 @@ def score_file(
         **judge_counts,
         # The image processor's pixel limits inference used (recorded in the predictions), or None.
         **{k: (int(df[k].iloc[0]) if k in df.columns and is_present(df[k].iloc[0]) else None) for k in PIXEL_KEYS},
+        # The model folder those limits were read from (a trained model's released counterpart), or None.
+        "pixels_from": str(df["pixels_from"].iloc[0]) if "pixels_from" in df.columns else None,
         "main": tables["main"],
         "per_row": tables["per_row"],
         "seconds": round(time.perf_counter() - start, 3),

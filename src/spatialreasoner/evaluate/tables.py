@@ -373,6 +373,8 @@ def scoring_markdown(scores: Mapping[str, Mapping[str, str | Path]]) -> str:
                 judged_text += f"; {info.get('undecided', '?')} undecided by the matcher, judge: {judge}"
             low, high = info.get("min_pixels"), info.get("max_pixels")
             pixels = "–" if low is None and high is None else f"{low if low is not None else '?'}–{high}"
+            if info.get("pixels_from"):
+                pixels += f" ({info['pixels_from']}'s)"
             lines.append(f"| {bench} | {name} | {info.get('protocol', '–')} | {judged_text} | {pixels} |")
     if not lines:
         return ""
