@@ -37,6 +37,13 @@ def test_paper_grpo_runs_use_the_official_objective(repo_root):
         assert run["rewards"] == ["accuracy", "format"], name
 
 
+def test_paper_and_ablation_runs_train_with_the_official_slow_image_processor(repo_root):
+    config = paper_config(repo_root)
+    ablations = yaml.safe_load((repo_root / "config/ablations.yaml").read_text())
+    for name, run in [*config["runs"].items(), *ablations["runs"].items()]:
+        assert resolve_run_config(run)["use_fast"] is False, name
+
+
 def test_the_grpo_ablation_uses_the_official_objective_too(repo_root):
     ablations = yaml.safe_load((repo_root / "config/ablations.yaml").read_text())
     run = resolve_run_config(ablations["runs"]["SpatialReasoner-Zero-3DRwd"])
