@@ -48,11 +48,8 @@ VISION_ARGS = {
 # A trained model evaluated at the pixel limits its released counterpart's folder ships with
 # (evaluate.models.<name>.pixels_from), read by inference when it starts; that folder is an input of its jobs.
 PIXELS_FROM = {model: spec.get("pixels_from") for model, spec in EVAL["models"].items()}
-
-
-def eval_spec_name(model):
-    """The evaluate.models entry a predictions job belongs to (a checkpoint's: its run's)."""
-    return CHECKPOINT_MODELS[model][0] if model in CHECKPOINT_MODELS else model
+# The evaluate.models entry each predictions job belongs to (a checkpoint's: its run's).
+SPEC_NAMES = {model: model for model in EVAL["models"]} | {c: run for c, (run, _) in CHECKPOINT_MODELS.items()}
 
 
 # The system prompt text when a model is evaluated with it (the SFT model is not), else "none".
@@ -95,7 +92,7 @@ rule infer:
         model=lambda w: model_dir(w.model),
         benchmark="results/benchmarks/{bench}.tsv",
         pixels_from=lambda w: (
-            [model_dir(PIXELS_FROM[eval_spec_name(w.model)])] if PIXELS_FROM.get(eval_spec_name(w.model)) else []
+            [model_dir(PIXELS_FROM[SPEC_NAMES[w.model]])] if PIXELS_FROM.get(SPEC_NAMES[w.model]) else []
         ),
     output:
         parquet="results/predictions/{model}/{bench}.parquet",
@@ -118,7 +115,7 @@ rule infer:
     params:
         system_prompt=lambda w: SYSTEM_PROMPTS[w.model],
         vision=lambda w, input: (
-            f"--pixels-from {input.pixels_from[0]}" if input.pixels_from else VISION_ARGS[eval_spec_name(w.model)]
+            f"--pixels-from {input.pixels_from[0]}" if input.pixels_from else VISION_ARGS[SPEC_NAMES[w.model]]
         ),
         max_new_tokens=EVAL.get("max_new_tokens", 512),
         batch_size=INFER_BATCH_SIZE,
