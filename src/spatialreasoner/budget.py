@@ -109,6 +109,12 @@ class Lengths:
             "image_tokens_max": int(max(self.image)),
         }
 
+    def longest(self, n: int = SHOWN_ROWS) -> list[dict]:
+        """The ``n`` longest rows, longest first: name and tokens (total, image, text)."""
+        order = sorted(range(len(self.rows)), key=lambda k: -(self.image[k] + self.text[k]))[:n]
+        return [{"row": self.rows[k], "tokens": self.image[k] + self.text[k], "image": self.image[k],
+                 "text": self.text[k]} for k in order]  # fmt: skip
+
     def check(self, limit: int | None, what: str, extra: int = 0) -> None:
         """A DataError listing the rows whose length plus ``extra`` exceeds ``limit`` (``what`` names the limit)."""
         if limit is None:
@@ -240,6 +246,41 @@ def measure(
     return Lengths(list(rows), image_tokens, text_tokens)
 
 
+def text_config(model_dir: str | Path) -> dict:
+    """The language model's part of a model folder's ``config.json`` (``text_config``, or the config itself)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return {**config, **(config.get("text_config") or {})}
+
+
+def batch_memory(tokens_per_row: int, batch_size: int, model_dir: str | Path) -> dict:
+    """What a training batch of ``batch_size`` rows of ``tokens_per_row`` tokens implies for one device, beyond the
+    weights and optimizer states: the logits in float32 (tokens x vocabulary x 4 bytes, what the loss reads) and one
+    bfloat16 hidden state per layer (what activation checkpointing keeps). A lower bound for the batch's activations."""
+    text = text_config(model_dir)
+    tokens = tokens_per_row * batch_size
+    logits = tokens * int(text["vocab_size"]) * 4
+    hidden = tokens * int(text["hidden_size"]) * int(text["num_hidden_layers"]) * 2
+    return {
+        "tokens": tokens,
+        "logits_gib": round(logits / 2**30, 2),
+        "checkpointed_hidden_gib": round(hidden / 2**30, 2),
+    }
+
+
+def report_longest(lengths: Lengths, batch_size: int, model_dir: str | Path, what: str) -> dict:
+    """Log the longest rows and the memory a batch of the longest row implies; returns both for the run record."""
+    longest = lengths.longest()
+    memory = batch_memory(longest[0]["tokens"], batch_size, model_dir)
+    log.info("longest %s: %s", what, "; ".join(f"{r['row']}: {r['tokens']} tokens ({r['image']} image + "
+                                               f"{r['text']} text)" for r in longest))  # fmt: skip
+    log.info(
+        "a batch of %d such rows (%d tokens) needs, per device and beyond weights and optimizer states, about "
+        "%.2f GiB of float32 logits and %.2f GiB of checkpointed hidden states",
+        batch_size, memory["tokens"], memory["logits_gib"], memory["checkpointed_hidden_gib"],
+    )  # fmt: skip
+    return {"longest": longest, "longest_batch_memory": memory}
+
+
 def log_summary(lengths: Lengths, what: str) -> dict:
     s = lengths.summary()
     log.info(
@@ -273,6 +314,8 @@ def check_training_budget(
             add_generation_prompt=False,
         )  # fmt: skip
         summary = log_summary(lengths, "SFT sequences")
+        # Without max_length (the official SFT: nothing truncated) only a row beyond the model's context is refused.
+        summary |= report_longest(lengths, int(cfg.get("per_device_train_batch_size") or 1), model_dir, "SFT sequences")
         lengths.check(cfg.get("max_length"), "runs.<run>.max_length")
         lengths.check(context, "the model's context (max_position_embeddings)")
         return summary

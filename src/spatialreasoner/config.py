@@ -303,6 +303,25 @@ def check_image_columns(config: Mapping) -> None:
             seen[column] = image_set
 
 
+def check_pixels_from(config: Mapping, model: str, opts: Mapping) -> None:
+    """``evaluate.models.<model>.pixels_from`` names a released model and is not combined with explicit limits."""
+    source = opts.get("pixels_from")
+    if source is None:
+        return
+    released = config.get("released", {})
+    if source not in released:
+        raise ConfigError(
+            f"config key evaluate.models.{model}.pixels_from: {source!r} is not a released model; "
+            f"expected one of {sorted(released)}"
+        )
+    given = [k for k in ("min_pixels", "max_pixels") if opts.get(k) is not None]
+    if given:
+        raise ConfigError(
+            f"config key evaluate.models.{model}: pixels_from and {', '.join(given)} both set; the limits come from "
+            f"{source!r}'s folder, so set only one of them"
+        )
+
+
 def check_semantics(config: Mapping) -> None:
     """Cross-references the schema cannot express; raise ConfigError naming the key."""
     sources = config.get("sources", {})
@@ -361,6 +380,7 @@ def check_semantics(config: Mapping) -> None:
             raise ConfigError(
                 f"config key evaluate.models.{model}: not a released model or a run; expected one of {sorted(known)}"
             )
+        check_pixels_from(config, model, opts or {})
         paper_row = (opts or {}).get("paper")
         if paper_row is not None:
             rows = {row for bench in config.get("paper", {}).values() for row in bench}

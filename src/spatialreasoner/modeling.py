@@ -186,11 +186,16 @@ def check_model_dir(path: str | Path, verify: bool = True) -> Path:
     return path
 
 
-def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+def load_processor(
+    path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None, use_fast: bool | None = None
+):
+    """The folder's processor at the given pixel limits; ``use_fast`` False: the PIL ("slow") image processor,
+    True: the torchvision one, None: transformers' default (the torchvision one in transformers 5)."""
     from transformers import AutoProcessor
 
     path = check_model_dir(path, verify=False)
-    processor = AutoProcessor.from_pretrained(path)
+    kwargs = {} if use_fast is None else {"use_fast": use_fast}
+    processor = AutoProcessor.from_pretrained(path, **kwargs)
     if min_pixels is not None or max_pixels is not None:
         # transformers 5 expresses Qwen2-VL's pixel limits as size={shortest_edge: min, longest_edge: max}.
         size = dict(processor.image_processor.size)
@@ -198,7 +203,7 @@ def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: 
             size["shortest_edge"] = min_pixels
         if max_pixels is not None:
             size["longest_edge"] = max_pixels
-        processor = AutoProcessor.from_pretrained(path, size=size)
+        processor = AutoProcessor.from_pretrained(path, size=size, **kwargs)
     return processor
 
 

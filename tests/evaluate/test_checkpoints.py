@@ -79,6 +79,8 @@ def test_checkpoint_table_and_plot(tmp_path):
     # the first 4 rows right = groups q1 (rows 0-1) right, q2 (rows 2-3) right: 2 of 5 groups
     assert srb["accuracy"].tolist() == [0.0, 20.0, 40.0] and (srb["rows"] == 10).all()
     assert ((table["ci_low"] <= table["accuracy"]) & (table["accuracy"] <= table["ci_high"])).all()
+    # every row names the protocol that scored it and the rows a judge decided (none: the matcher alone)
+    assert table["protocol"].unique().tolist() == ["answer_tag"] and (table["judged rows"] == 0).all()
 
     png = plot_checkpoints(out, "run", tmp_path / "plots" / "checkpoints" / "run.png")
     with Image.open(png) as img:

@@ -214,8 +214,44 @@ def test_written_tables_are_checked_when_read(tmp_path, case):
     path = written["CV-Bench-3D"]
     text = path.read_text()
     path.write_text(text[:-20])  # the last row cut
-    with pytest.raises(DataError, match=rf"{path}: line\(s\) 3 do not have 15 fields"):
+    n_fields = len(csv_columns("CV-Bench-3D"))
+    with pytest.raises(DataError, match=rf"{path}: line\(s\) 3 do not have {n_fields} fields"):
         read_table_csv(path, "CV-Bench-3D")
     path.write_text(text.replace("ours,4,0.0,75.0,", "ours,4,0.0,7,", 1))  # 75.0 cut to 7
     with pytest.raises(DataError, match=rf"{path}: column overall \(pooled\) lies outside its own interval for ours"):
         read_table_csv(path, "CV-Bench-3D")
+
+
+def test_every_table_row_names_its_protocol_and_the_rows_a_judge_decided(tmp_path):
+    from spatialreasoner.evaluate.judge import judge_predictions
+
+    scores, benchmarks = write_case(tmp_path, MODELS)
+    bench, tsv = "3DSRBench", benchmarks["3DSRBench"]
+    preds = tmp_path / "pred" / "ours" / f"{bench}.parquet"
+    # no judge endpoint: the exact matcher on the whole reply, undecided rows missed
+    judge_predictions(preds, tsv, tmp_path / "nojudge.parquet", tmp_path / "c.jsonl", judge_model=None)
+    score_file(preds, bench, tmp_path / "s" / "nojudge", protocol="vlmevalkit", reference=tsv,
+               judged=tmp_path / "nojudge.parquet")  # fmt: skip
+    # a judge that decided two rows (its file as `spatialreasoner judge` writes it)
+    judged = pd.read_parquet(tmp_path / "nojudge.parquet")
+    undecided = judged.index[judged["exact"].isna()][:2]
+    judged.loc[undecided, ["judged", "letter"]] = [True, "A"]
+    judged["judge_model"] = "some-judge"
+    judged.to_parquet(tmp_path / "judged.parquet")
+    score_file(preds, bench, tmp_path / "s" / "judged", protocol="vlmevalkit", reference=tsv,
+               judged=tmp_path / "judged.parquet")  # fmt: skip
+    rows = {"ours": scores[bench]["ours"], "ours [vlmevalkit]": tmp_path / "s" / "nojudge"}
+    rows["ours [judged]"] = tmp_path / "s" / "judged"
+    written = write_tables({bench: rows}, {bench: tsv}, tmp_path / "tables")
+    table = read_table_csv(written[bench], bench).set_index("model")
+    assert table.columns[-2:].tolist() == ["protocol", "judged rows"]
+    assert table.loc["ours", "protocol"] == "answer_tag" and table.loc["ours", "judged rows"] == 0
+    assert table.loc["ours [vlmevalkit]", "protocol"] == "vlmevalkit (no judge)"
+    assert table.loc["ours [vlmevalkit]", "judged rows"] == 0
+    assert table.loc["ours [judged]", "protocol"] == "vlmevalkit" and table.loc["ours [judged]", "judged rows"] == 2
+    assert pd.isna(table.loc[CHANCE, "protocol"]) and pd.isna(table.loc[CHANCE, "judged rows"])
+    summary = written["summary"].read_text()
+    assert "| protocol | judged rows |" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| ours [vlmevalkit] |"))
+    assert row.endswith("| `vlmevalkit (no judge)` | 0 |")
+    assert "judge: no judge" in summary and "judge: some-judge" in summary

@@ -136,3 +136,33 @@ def test_unreadable_training_image_names_the_row(processor, tiny_model_dir, tmp_
     pd.DataFrame([{**qa_row(3, "bad.png")}]).to_parquet(tmp_path / "t.parquet")
     with pytest.raises(DataError, match=r"t.parquet row 3: image .*bad.png cannot be read for its size"):
         check_training_budget({**FAST_SFT, "max_length": None}, tmp_path / "t.parquet", processor, tiny_model_dir)
+
+
+def test_without_max_length_the_longest_rows_and_their_memory_are_reported(processor, tiny_model_dir, train_tables,
+                                                                           tmp_path):  # fmt: skip
+    """max_length null (the official SFT truncates nothing): nothing is refused for its length alone, the longest
+    rows and what a batch of the longest implies are reported, and only a row beyond the model's context stops."""
+    import json
+
+    sft = {**FAST_SFT, "max_length": None, "per_device_train_batch_size": 6}
+    summary = check_training_budget(sft, train_tables["sft"], processor, tiny_model_dir)
+    longest = summary["longest"]
+    assert longest[0]["tokens"] == summary["max"] and longest[0]["row"].endswith("sft.parquet row 2")
+    assert len(longest) == 5 and longest[-1]["tokens"] < summary["max"]
+    assert [r["tokens"] for r in longest] == sorted((r["tokens"] for r in longest), reverse=True)
+    assert all(r["tokens"] == r["image"] + r["text"] for r in longest)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    text = config.get("text_config") or config
+    memory = summary["longest_batch_memory"]
+    assert memory["tokens"] == 6 * summary["max"]
+    assert memory["logits_gib"] == round(6 * summary["max"] * text["vocab_size"] * 4 / 2**30, 2)
+    # a model whose context is one token shorter than the longest row: that row cannot fit, and only it is named
+    short = tmp_path / "short-context"
+    short.mkdir()
+    if "text_config" in config:
+        config["text_config"]["max_position_embeddings"] = summary["max"] - 1
+    config["max_position_embeddings"] = summary["max"] - 1
+    (short / "config.json").write_text(json.dumps(config))
+    n_longest = sum(r["tokens"] == summary["max"] for r in longest)  # rows of the longest length only
+    with pytest.raises(DataError, match=rf"{n_longest} of 10 row\(s\) exceed the model's context .*sft.parquet row 2"):
+        check_training_budget(sft, train_tables["sft"], processor, short)

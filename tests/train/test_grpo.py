@@ -90,6 +90,13 @@ def test_grpo_from_sft_model_updates_and_logs_every_reward(sft_trained_dir, trai
     for name in ("accuracy_reward", "format_reward", "reasoning_steps_reward", "process_reward"):
         assert all(f"rewards/{name}/mean" in h for h in logs), name
     assert max(h["grad_norm"] for h in logs) > 0
+    # The vision tower trains too, so embeddings vLLM cached before a weight sync are stale after it.
+    import torch
+    from safetensors.torch import load_file
+
+    before, after = load_file(sft_trained_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    visual = [k for k in after if "visual" in k]
+    assert visual and any(not torch.equal(before[k], after[k]) for k in visual)
     assert any(h["reward_std"] > 0 for h in logs)  # non-zero advantages: the SFT start matters
     # The step metrics reach the run's log (the rule's log file), not only TensorBoard.
     step_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]

@@ -189,3 +189,51 @@ def test_registry_and_module_function():
         R.resolve_reward("spatialreasoner.train.rewards:missing")
     with pytest.raises(ConfigError, match="at least one reward"):
         R.resolve_rewards([])
+
+
+# Edge cases of the 3D-aware reward's phrase patterns, and how many matches each official pattern finds in each. The
+# counts come from running the official module's own `phrases_dict` (src/spatial_reasoner/reward.py of the
+# SpatialReasoner repository, commit 339b29a; the module fails at import, so its source was run up to that table)
+# on these texts once, outside this project; they are copied here as literals.
+OFFICIAL_PATTERN_COUNTS = [
+    ("The 3D location of the cup is (1, 2, 3).", {}),  # integers
+    ("The 3D location of the cup is (1.0,2.0,3.0).", {}),  # no space after the commas
+    ("The 3D location of the cup is(1.00, 2.00, 3.00).", {}),  # no space before the vector
+    ("The 3D location of the cup is ( 1.0, 2.0, 3.0 ).", {}),  # spaces inside the parentheses
+    ("The 3D location of the cup is (1.50, -1.01, 22.49).", {"location": 1}),
+    ("The distance from the cup to the camera is 3 meters.", {}),
+    ("The distance from the cup to the camera is -3.5.", {}),
+    (
+        "The cosine similarity between a and b is -0.50, so the angle between them is 120 degrees.",
+        {"cosine": 1, "angle": 1},
+    ),
+    ("The cosine similarity between a and b is 1.", {}),
+    (
+        "The distance between a and b is 2.5. The vector from a to b is (0.5, 0.0, -1.0).",
+        {"vector": 1, "dist_between": 1},
+    ),
+    (
+        "The front direction of the car is (0, 0, 1). The left direction of the car is (1.0, 0.0, 0.0).",
+        {"front": 1, "left": 1},
+    ),
+]
+# The official names of the patterns, as (kind, position among the kind's patterns) here.
+OFFICIAL_NAMES = {"location": ("location", 0), "vector": ("vector", 0), "dist_from": ("camera_distance", 0),
+                  "dist_between": ("distance_between", 0), "cosine": ("cos_or_angle", 0),
+                  "angle": ("cos_or_angle", 1), "front": ("front", 0), "left": ("left", 0)}  # fmt: skip
+
+
+@pytest.mark.parametrize("text, official", OFFICIAL_PATTERN_COUNTS)
+def test_process_phrase_patterns_match_the_official_ones(text, official):
+    for name, (kind, k) in OFFICIAL_NAMES.items():
+        assert len(R.PHRASES[kind][k].findall(text)) == official.get(name, 0), name
+
+
+def test_the_lenient_phrase_patterns_are_a_named_reward():
+    loc = "The 3D location of the {} is (1, 2,3)."
+    cot = " ".join([loc.format("cup"), loc.format("plate")])  # integers and free spacing: the lenient patterns only
+    assert R.count_phrases(cot)["location"] == 0 and R.count_phrases(cot, R.LENIENT_PHRASES)["location"] == 2
+    assert R.resolve_reward("process_lenient") is R.process_lenient_reward
+    assert R.process_lenient_reward([msg(cot)], category=["height_higher"]) == [1.0]
+    # official patterns: nothing found, so 2 locations missing (FN 2) and the 6 other kinds absent (TN 6)
+    assert R.process_reward([msg(cot)], category=["height_higher"]) == [pytest.approx(6 / 8)]

@@ -27,7 +27,7 @@ def test_paper_runs_follow_the_official_recipes(repo_root):
     validate_config(config, schema(repo_root))
     sft = resolve_run_config(config["runs"]["SpatialReasoner-SFT"])
     assert (sft["learning_rate"], sft["num_train_epochs"], sft["stop_steps"]) == (5e-6, 10, 7000)
-    assert (sft["per_device_train_batch_size"], sft["resources"]["gpus"], sft["max_length"]) == (6, 4, 2048)
+    assert (sft["per_device_train_batch_size"], sft["resources"]["gpus"], sft["max_length"]) == (6, 4, None)
     for name, stop in (("SpatialReasoner-Zero", 10000), ("SpatialReasoner", 6000)):
         run = resolve_run_config(config["runs"][name])
         assert (run["learning_rate"], run["num_train_epochs"], run["stop_steps"], run["beta"]) == (5e-7, 100, stop, 0)

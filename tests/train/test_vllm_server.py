@@ -123,3 +123,69 @@ def test_readiness_times_out_naming_the_url():
     port = free_port()
     with pytest.raises(ServerNotReady, match=f"127.0.0.1:{port}/health within 2 s"):
         wait_until_ready(port, None, timeout=2)
+
+
+class _Recorder:
+    """A local HTTP server answering POSTs with ``status`` and recording their paths."""
+
+    def __init__(self, status: int = 200):
+        import http.server
+        import threading
+
+        paths = self.paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                paths.append(self.path)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _server_mode_trainer(base_url: str, main_process: bool, synced: list):
+    """The parts of a TRL GRPOTrainer in server mode that a weight sync touches."""
+    import types
+
+    import requests
+
+    client = types.SimpleNamespace(base_url=base_url, session=requests.Session())
+    generation = types.SimpleNamespace(mode="server", vllm_client=client, sync_weights=lambda: synced.append(True))
+    generation.accelerator = types.SimpleNamespace(is_main_process=main_process)
+    return types.SimpleNamespace(vllm_generation=generation)
+
+
+def test_server_mode_clears_the_encoder_cache_after_every_weight_sync():
+    from spatialreasoner.train.vllm_server import clear_encoder_cache_after_sync
+
+    server, synced = _Recorder(), []
+    try:
+        trainer = _server_mode_trainer(server.base_url, True, synced)
+        clear_encoder_cache_after_sync(trainer)
+        trainer.vllm_generation.sync_weights()
+        trainer.vllm_generation.sync_weights()
+        assert synced == [True, True] and server.paths == ["/reset_encoder_cache"] * 2
+        other = _server_mode_trainer(server.base_url, False, synced)  # other ranks only take part in the sync
+        clear_encoder_cache_after_sync(other)
+        other.vllm_generation.sync_weights()
+        assert len(synced) == 3 and len(server.paths) == 2
+    finally:
+        server.server.shutdown()
+
+
+def test_a_failed_encoder_cache_reset_names_the_server():
+    from spatialreasoner.train.vllm_server import clear_encoder_cache_after_sync
+
+    server = _Recorder(status=404)
+    try:
+        trainer = _server_mode_trainer(server.base_url, True, [])
+        clear_encoder_cache_after_sync(trainer)
+        with pytest.raises(RuntimeError, match=rf"{server.base_url}: /reset_encoder_cache answered 404"):
+            trainer.vllm_generation.sync_weights()
+    finally:
+        server.server.shutdown()

@@ -133,6 +133,11 @@ def test_a_real_server_started_the_jobs_way_serves_the_trainers_client(tiny_mode
         assert prompt_ids.count(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")) == expected
         out = client.generate([prompt_ids], features=[features], n=2, max_tokens=8, temperature=1.0)
         assert len(out["completion_ids"]) == 2 and all(1 <= len(c) <= 8 for c in out["completion_ids"])
+        # what a server-mode trainer calls after each weight sync: the server's encoder cache is cleared
+        from spatialreasoner.train.vllm_server import reset_encoder_cache
+
+        reset_encoder_cache(client)
+        assert "Resetting encoder cache" in log.read_text()
     except Exception:
         print(log.read_text()[-4000:])
         raise

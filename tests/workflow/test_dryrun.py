@@ -73,6 +73,23 @@ def test_every_run_and_every_model_x_benchmark_reaches_the_tables(dry_run):
         assert f"resources/models/{name}" in outputs
 
 
+def test_every_protocol_is_scheduled_for_every_model_and_benchmark(dry_run):
+    """The paper config scores answer_tag and VLMEvalKit's protocol side by side (the judge rule for the latter)."""
+    configfile, config, jobs = dry_run
+    protocol = config["evaluate"].get("protocol", "answer_tag")
+    protocols = [protocol] if isinstance(protocol, str) else protocol
+    if configfile == "config/config.yaml":
+        assert protocols == ["answer_tag", "vlmevalkit"]
+    outputs = {o.strip() for job in jobs for o in job.get("output", "").split(", ") if o.strip()}
+    for model in config["evaluate"]["models"]:
+        for bench in config["evaluate"]["benchmarks"]:
+            assert f"results/scores/{model}/{bench}/summary.json" in outputs, (configfile, model, bench)
+            for extra in protocols[1:]:
+                assert f"results/scores/{model}/{bench}/{extra}/summary.json" in outputs, (configfile, model, extra)
+            if "vlmevalkit" in protocols:
+                assert f"results/judge/{model}/{bench}.parquet" in outputs, (configfile, model, bench)
+
+
 def test_gpu_jobs_ask_for_the_resources_of_their_run(dry_run):
     configfile, config, jobs = dry_run
     train_jobs = [j for j in jobs if any(f"results/models/{r}" == j.get("output") for r in config["runs"])]
@@ -117,3 +134,20 @@ def test_python_is_formatted_and_lint_free(repo_root):
             text=True,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_without_an_openai_key_the_judge_rule_scores_as_vlmevalkit_without_a_judge(repo_root):
+    """The paper config's judge is the OpenAI API: without its key the judge rule gets --no-judge (the fork's
+    exact matching); with one it does not, and the changed arguments make the rule run again."""
+    target = "results/judge/ccvl-SpatialReasoner/3DSRBench.parquet"
+    args = [*SNAKEMAKE, target, "-n", "-p", "--forceall", "--cores", "1", "--configfile", "config/config.yaml"]
+    without = {k: v for k, v in _env().items() if k != "OPENAI_API_KEY"}
+    commands = []
+    for env in (without, {**without, "OPENAI_API_KEY": "placeholder"}):
+        proc = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        commands.append([line for line in (proc.stdout + proc.stderr).splitlines() if " judge --" in line])
+    assert len(commands[0]) == 1 and "--no-judge" in commands[0][0]
+    assert len(commands[1]) == 1 and "--no-judge" not in commands[1][0]
+    assert "placeholder" not in commands[1][0]  # only the key's presence is read

@@ -37,6 +37,13 @@ def test_paper_grpo_runs_use_the_official_objective(repo_root):
         assert run["rewards"] == ["accuracy", "format"], name
 
 
+def test_paper_and_ablation_runs_train_with_the_official_slow_image_processor(repo_root):
+    config = paper_config(repo_root)
+    ablations = yaml.safe_load((repo_root / "config/ablations.yaml").read_text())
+    for name, run in [*config["runs"].items(), *ablations["runs"].items()]:
+        assert resolve_run_config(run)["use_fast"] is False, name
+
+
 def test_the_grpo_ablation_uses_the_official_objective_too(repo_root):
     ablations = yaml.safe_load((repo_root / "config/ablations.yaml").read_text())
     run = resolve_run_config(ablations["runs"]["SpatialReasoner-Zero-3DRwd"])
@@ -53,15 +60,52 @@ def test_grpo_from_the_released_sft_model_differs_only_in_its_start(repo_root):
     assert config["evaluate"]["models"]["SpatialReasoner-from-released-SFT"]["system_prompt"] is True
 
 
-def test_trained_models_are_evaluated_with_qwens_pixel_limits(repo_root):
+def test_trained_models_are_evaluated_at_their_released_counterparts_pixel_limits(repo_root):
     config = paper_config(repo_root)
+    counterpart = {"SpatialReasoner-SFT": "ccvl-SpatialReasoner-SFT", "SpatialReasoner-Zero": "ccvl-SpatialReasoner-Zero",
+                   "SpatialReasoner": "ccvl-SpatialReasoner", "SpatialReasoner-from-released-SFT": "ccvl-SpatialReasoner"}  # fmt: skip
     for model, spec in config["evaluate"]["models"].items():
-        limits = {k: spec[k] for k in QWEN_LIMITS}
+        assert {k: spec[k] for k in QWEN_LIMITS} == {"min_pixels": None, "max_pixels": None}, model
         if model in config["runs"]:
-            assert limits == QWEN_LIMITS, model
+            assert spec["pixels_from"] == counterpart[model], model
+            released = config["released"][counterpart[model]]
+            assert released["repo"] == "ccvl/" + counterpart[model].removeprefix("ccvl-"), model
+            # the counterpart reproduces the same published row
+            assert config["evaluate"]["models"][counterpart[model]]["paper"] == spec["paper"], model
         else:  # released models: their folders' own settings, as the official evaluation
-            assert limits == {"min_pixels": None, "max_pixels": None}, model
+            assert spec["pixels_from"] is None, model
     assert (config["evaluate"]["min_pixels"], config["evaluate"]["max_pixels"]) == (None, None)
+
+
+def test_the_counterparts_folder_is_an_input_of_inference_and_its_limits_are_read_there(repo_root):
+    target = "results/predictions/SpatialReasoner-Zero/CV-Bench-3D.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", target, "-n", "-p", "--forceall", "--cores", "2", "--configfile",
+         "config/config.yaml"],
+        cwd=repo_root, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line.strip().removeprefix("Shell command:").strip() for line in proc.stdout.splitlines()]
+    infer = [shlex.split(c) for c in lines if c.startswith("spatialreasoner ") and " infer " in c]
+    assert len(infer) == 1
+    args = infer[0]
+    assert args[args.index("--pixels-from") + 1] == "resources/models/ccvl-SpatialReasoner-Zero"
+    assert "--min-pixels" not in args and "--max-pixels" not in args
+    assert "resources/models/ccvl-SpatialReasoner-Zero" in proc.stdout.split("rule infer:")[1].split("output:")[0]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"pixels_from": "SpatialReasoner-SFT"}, r"pixels_from: 'SpatialReasoner-SFT' is not a released model"),
+        ({"pixels_from": "ccvl-SpatialReasoner", "max_pixels": 200704}, r"pixels_from and max_pixels both set"),
+    ],
+)
+def test_pixels_from_names_a_released_model_and_excludes_explicit_limits(repo_root, spec, message):
+    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    config["evaluate"]["models"]["SpatialReasoner"] = {"system_prompt": True, **spec}
+    with pytest.raises(ConfigError, match=rf"evaluate.models.SpatialReasoner.*{message}"):
+        validate_config(config, load_schema(repo_root / "workflow/schemas/config.schema.yaml"))
 
 
 def test_raw_logit_logprobs_with_the_vllm_correction_stop_the_workflow(repo_root):
@@ -121,3 +165,21 @@ def test_protocols_side_by_side_and_the_judge_in_the_dag(repo_root, tmp_path):
     pixel_args = {a[a.index("--model") + 1]: "--max-pixels" in a and a[a.index("--max-pixels") + 1] for a in infer}
     assert pixel_args[f"results/models/{model}"] == "50176"
     assert pixel_args["results/models/SpatialReasoner-SFT"] is False  # the folder's own limits
+
+
+def test_every_ledger_entry_names_files_and_lines_that_exist_here(repo_root):
+    """Each table row of docs/fidelity.md names a file and line on both sides; this repository's side must exist."""
+    import re
+
+    text = (repo_root / "docs/fidelity.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| what ")]
+    rows = [r for r in rows if not r.startswith("| ---")]
+    assert len(rows) >= 25
+    for row in rows:
+        assert re.search(r"(official|fork|trl|transformers):", row), f"no official side: {row[:80]}"
+        here = re.findall(r"((?:src/spatialreasoner|config|workflow|tests)/[\w./-]+):(\d+)", row)
+        assert here, f"no file and line of this repository: {row[:80]}"
+        for path, line in here:
+            file = repo_root / path
+            assert file.is_file(), path
+            assert int(line) <= len(file.read_text().splitlines()), f"{path}:{line}"

@@ -20,6 +20,11 @@ PROTOCOLS = (
 MAIN_PROTOCOL, EXTRA_PROTOCOLS = PROTOCOLS[0], PROTOCOLS[1:]
 PROTOCOL_ROWS = {f"{model} [{p}]": (model, p) for model in EVAL_MODELS for p in EXTRA_PROTOCOLS}
 JUDGE = EVAL.get("judge") or {}
+# No judge endpoint (`evaluate.judge: null`, or the OpenAI API without a key in the environment): protocol vlmevalkit
+# decides as the VLMEvalKit fork does without a judge, every row its exact matcher cannot decide counted a miss.
+# Only the key's presence is read here; a key set later makes the judge rule run again (its arguments change).
+JUDGE_KEY_SET = bool(os.environ.get(JUDGE.get("api_key_env", "OPENAI_API_KEY")))
+NO_JUDGE = EVAL.get("judge") is None or (not JUDGE.get("base_url") and not JUDGE_KEY_SET)
 SCORE_DIRS = {}
 for _model in TABLE_MODELS:
     for _bench in BENCHMARKS:
@@ -40,6 +45,13 @@ VISION_ARGS = {
     model: " ".join(f"--{key.replace('_', '-')} {value}" for key, value in limits.items() if value is not None)
     for model, limits in PIXEL_LIMITS.items()
 }
+# A trained model evaluated at the pixel limits its released counterpart's folder ships with
+# (evaluate.models.<name>.pixels_from), read by inference when it starts; that folder is an input of its jobs.
+PIXELS_FROM = {model: spec.get("pixels_from") for model, spec in EVAL["models"].items()}
+# The evaluate.models entry each predictions job belongs to (a checkpoint's: its run's).
+SPEC_NAMES = {model: model for model in EVAL["models"]} | {c: run for c, (run, _) in CHECKPOINT_MODELS.items()}
+
+
 # The system prompt text when a model is evaluated with it (the SFT model is not), else "none".
 SYSTEM_PROMPTS = {
     model: (config.get("prompts", {}).get("system", "none") if spec.get("system_prompt", True) else "none")
@@ -79,6 +91,9 @@ rule infer:
     input:
         model=lambda w: model_dir(w.model),
         benchmark="results/benchmarks/{bench}.tsv",
+        pixels_from=lambda w: (
+            [model_dir(PIXELS_FROM[SPEC_NAMES[w.model]])] if PIXELS_FROM.get(SPEC_NAMES[w.model]) else []
+        ),
     output:
         parquet="results/predictions/{model}/{bench}.parquet",
         xlsx="results/predictions/{model}/{bench}.xlsx",
@@ -99,7 +114,9 @@ rule infer:
         runtime=int(EVAL_RES.get("runtime", 1440)),
     params:
         system_prompt=lambda w: SYSTEM_PROMPTS[w.model],
-        vision=lambda w: VISION_ARGS[CHECKPOINT_MODELS[w.model][0] if w.model in CHECKPOINT_MODELS else w.model],
+        vision=lambda w, input: (
+            f"--pixels-from {input.pixels_from[0]}" if input.pixels_from else VISION_ARGS[SPEC_NAMES[w.model]]
+        ),
         max_new_tokens=EVAL.get("max_new_tokens", 512),
         batch_size=INFER_BATCH_SIZE,
         on_bad_image=EVAL.get("on_bad_image", "error"),
@@ -142,9 +159,10 @@ rule judge:
         attempts=JUDGE.get("attempts", 3),
         workers=JUDGE.get("workers", 4),
         seed=config.get("seed", 42),
+        no_judge="--no-judge" if NO_JUDGE else "",
     shell:
         "spatialreasoner --log {log} judge --predictions {input.predictions} --reference {input.benchmark}"
-        " --out {output} --cache {params.cache:q} --judge-model {params.model:q} {params.base_url}"
+        " --out {output} --cache {params.cache:q} --judge-model {params.model:q} {params.base_url} {params.no_judge}"
         " --api-key-env {params.key_env} --max-tokens {params.max_tokens} --attempts {params.attempts}"
         " --workers {params.workers} --seed {params.seed}"
 

@@ -64,13 +64,18 @@ def _decodes(cell: str) -> str | None:
 
 
 def read_tsv(path: Path):
-    """The TSV with every cell as text exactly as written (no NA strings)."""
+    """The TSV as VLMEvalKit reads it (``pd.read_csv(path, sep="\t")``, pandas' default NA strings): an option cell
+    reading "NA", "None", "n/a", "null", ... or nothing is a missing option. Cells are text; a missing cell of
+    another column reads as empty text, so that the checks below name it."""
     import pandas as pd
 
     try:
-        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[])
+        df = pd.read_csv(path, sep="\t", dtype=str)
     except Exception as exc:
         raise DataError(f"benchmark {path} is not a readable TSV: {exc}") from exc
+    others = [c for c in df.columns if c not in OPTION_LETTERS]
+    df[others] = df[others].fillna("")
+    return df
 
 
 def short_records(path: Path, n_columns: int) -> list[tuple[int, int]]:

@@ -22,6 +22,7 @@ from spatialreasoner.evaluate.tables import (
     read_benchmark_rows,
     read_csv_or_explain,
     read_hits,
+    score_provenance,
 )
 from spatialreasoner.taxonomy import BENCHMARKS, SRB
 from spatialreasoner.utils import atomic_path
@@ -29,7 +30,7 @@ from spatialreasoner.utils import atomic_path
 log = logging.getLogger(__name__)
 
 #: Columns of ``checkpoints.csv``.
-COLUMNS = ("run", "step", "benchmark", "metric", "rows", "accuracy", "ci_low", "ci_high")
+COLUMNS = ("run", "step", "benchmark", "metric", "rows", "accuracy", "ci_low", "ci_high", "protocol", "judged rows")
 #: The accuracy each benchmark reports along training (the tables' main overall).
 METRIC = {SRB: "overall (circular)", "CV-Bench-3D": CVB_POOLED}
 
@@ -76,7 +77,8 @@ def checkpoint_table(
         est = intervals.estimate(value, samples)
         records.append(
             {"run": run, "step": step, "benchmark": bench, "metric": main, "rows": len(rows),
-             "accuracy": round(est.value, 1), "ci_low": round(est.low, 1), "ci_high": round(est.high, 1)}
+             "accuracy": round(est.value, 1), "ci_low": round(est.low, 1), "ci_high": round(est.high, 1),
+             **dict(zip(("protocol", "judged rows"), score_provenance(folder), strict=True))}
         )  # fmt: skip
     table = pd.DataFrame(records, columns=list(COLUMNS))
     table = table.sort_values(["run", "benchmark", "step"], kind="stable", ignore_index=True)

@@ -66,6 +66,19 @@ def processor_pixel_limits(model: Path, min_pixels: int | None, max_pixels: int 
     return int(size["shortest_edge"]), int(size["longest_edge"])
 
 
+def limits_of_counterpart(folder: str | Path, min_pixels: int | None, max_pixels: int | None) -> tuple[int, int]:
+    """The pixel limits another model folder's image processor ships with (a trained model's released counterpart),
+    read when inference starts; given together with explicit limits, a DataError naming both."""
+    if min_pixels is not None or max_pixels is not None:
+        raise DataError(
+            f"pixel limits from {folder} and explicit --min-pixels/--max-pixels both given; choose one "
+            "(evaluate.models.<name>.pixels_from or min_pixels/max_pixels)"
+        )
+    limits = processor_pixel_limits(check_model_dir(folder, verify=False), None, None)
+    log.info("pixel limits %d to %d read from %s's image processor", *limits, Path(folder).name)
+    return limits
+
+
 def generate_rows(
     rows: pd.DataFrame,
     settings: dict,
@@ -165,8 +178,12 @@ def run_inference(
     tensor_parallel_size: int = 1,
     gpu_memory_utilization: float = 0.9,
     max_model_len: int | None = None,
+    pixels_from: str | Path | None = None,
 ) -> dict:
     """Generate missing rows (resuming from shards), then write the predictions parquet and its .xlsx export.
+
+    ``pixels_from``: a model folder whose image processor's pixel limits inference uses (instead of ``min_pixels``
+    / ``max_pixels``), recorded in the predictions as ``pixels_from`` (the folder's name).
 
     ``backend`` is ``hf`` (transformers ``generate``) or ``vllm`` (vLLM's offline engine; ``tensor_parallel_size``
     GPUs per engine, ``gpu_memory_utilization`` and ``max_model_len`` as vLLM's). Workers: one per GPU (per
@@ -183,6 +200,8 @@ def run_inference(
     if backend == "vllm" and (tensor_parallel_size < 1 or not 0 < gpu_memory_utilization <= 1):
         raise DataError("tensor_parallel_size must be at least 1 and gpu_memory_utilization in (0, 1]")
     shard_dir = Path(shard_dir) if shard_dir else out.with_name(f".{out.stem}.shards")
+    if pixels_from is not None:
+        min_pixels, max_pixels = limits_of_counterpart(pixels_from, min_pixels, max_pixels)
     df = read_benchmark(benchmark)
     # Every prompt plus max_new_tokens within the model's context, before any worker loads the model.
     check_benchmark_budget(model, df, system_prompt, max_new_tokens, min_pixels, max_pixels, max_model_len)
@@ -238,6 +257,8 @@ def run_inference(
         raise DataError(f"no prediction for {len(missing)} row(s) after generation: index {missing[:5]}")
     # The pixel limits the image processor applied (configured, or the model folder's own), for the score summary.
     preds["min_pixels"], preds["max_pixels"] = processor_pixel_limits(model, min_pixels, max_pixels)
+    if pixels_from is not None:
+        preds["pixels_from"] = Path(pixels_from).name
     with atomic_path(out) as tmp:
         preds.to_parquet(tmp, index=False)
     xlsx = Path(xlsx) if xlsx else out.with_suffix(".xlsx")
@@ -393,6 +414,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-pixels", type=int, default=None, help="image processor upper pixel limit (default: the model folder's)"
     )
+    parser.add_argument(
+        "--pixels-from",
+        default=None,
+        help="model folder whose image processor's pixel limits to use, read at start (not with --min/--max-pixels)",
+    )
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float32")
     parser.add_argument("--attn-implementation", default="auto", help="hf backend only")
     parser.add_argument(
@@ -428,6 +454,7 @@ def run(args: argparse.Namespace) -> int:
         tensor_parallel_size=args.tensor_parallel_size,
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_model_len=args.max_model_len,
+        pixels_from=args.pixels_from,
     )
     print(json.dumps(summary))
     return 0

@@ -35,7 +35,7 @@ DEFAULT_MAX_TOKENS = 2048
 DEFAULT_ATTEMPTS = 3
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 #: Columns of a judged file, after ``index``.
-COLUMNS = ("prediction", "exact", "judged", "judge_attempts", "judge_reply", "fallback", "letter")
+COLUMNS = ("prediction", "exact", "judged", "judge_attempts", "judge_reply", "fallback", "letter", "judge_model")
 
 # VLMEvalKit's `build_prompt` (vlmeval/dataset/utils/multiple_choice.py), character for character.
 JUDGE_TEMPLATE = (
@@ -193,12 +193,23 @@ def judge_row(row: Mapping, judge, cache: ReplyCache, judge_model: str, attempts
     return out
 
 
+def exact_only_row(row: Mapping) -> dict:
+    """One row as the VLMEvalKit fork decides it when no judge is available (``exact_matching``, or no API key): the
+    exact matcher on the whole reply, and ``Z`` (a miss) for every row it cannot decide (``extract_answer_from_item``
+    in ``vlmeval/dataset/utils/multiple_choice.py``)."""
+    choices = choices_of({k: row.get(k) for k in OPTION_LETTERS})
+    prediction = "" if not is_present(row.get("prediction")) else str(row["prediction"])
+    exact = exact_letter(prediction, choices)
+    return {"index": row["index"], "prediction": prediction, "exact": exact, "judged": False, "judge_attempts": 0,
+            "judge_reply": None, "fallback": False, "letter": NO_MATCH if exact is None else exact}  # fmt: skip
+
+
 def judge_predictions(
     predictions: str | Path,
     reference: str | Path,
     out: str | Path,
     cache: str | Path,
-    judge_model: str = DEFAULT_JUDGE_MODEL,
+    judge_model: str | None = DEFAULT_JUDGE_MODEL,
     base_url: str | None = None,
     api_key_env: str = DEFAULT_KEY_ENV,
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -207,7 +218,10 @@ def judge_predictions(
     timeout: float = 120.0,
     seed: int = 42,
 ) -> dict:
-    """Decide every row of ``predictions`` (benchmark columns from ``reference``) and write the judged file."""
+    """Decide every row of ``predictions`` (benchmark columns from ``reference``) and write the judged file.
+
+    ``judge_model`` None: no judge endpoint; every row is decided as the fork does without a judge
+    (:func:`exact_only_row`), and no key or server is needed."""
     from spatialreasoner.evaluate.score import join_reference, read_table
 
     start = time.perf_counter()
@@ -224,16 +238,22 @@ def judge_predictions(
         for r in rows
     )  # fmt: skip
     judge = LazyJudge(lambda: Judge(judge_model, base_url, api_key_env, max_tokens, timeout))
-    log.info("%s: %d rows, %d undecided by the exact matcher go to judge %s", predictions, len(rows), undecided,
-             judge_model)  # fmt: skip
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda r: judge_row(r, judge, cache, judge_model, attempts, seed), rows))
-    table = pd.DataFrame(results, columns=["index", *COLUMNS])
+    if judge_model is None:
+        log.info("%s: %d rows, no judge: the %d the exact matcher cannot decide count as misses (Z), as VLMEvalKit "
+                 "scores without one", predictions, len(rows), undecided)  # fmt: skip
+        results = [exact_only_row(r) for r in rows]
+    else:
+        log.info("%s: %d rows, %d undecided by the exact matcher go to judge %s", predictions, len(rows), undecided,
+                 judge_model)  # fmt: skip
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda r: judge_row(r, judge, cache, judge_model, attempts, seed), rows))
+    table = pd.DataFrame(results, columns=["index", *COLUMNS]).assign(judge_model=judge_model)
     with atomic_path(out) as tmp:
         table.to_parquet(tmp, index=False)
     summary = {
         "rows": len(table),
         "exact": int((~table["judged"]).sum()),
+        "undecided": undecided,
         "judged": int(table["judged"].sum()),
         "fallback": int(table["fallback"].sum()),
         "requests": judge.requests,
@@ -255,6 +275,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="judged file (.parquet): the letter of every row")
     parser.add_argument("--cache", required=True, help="JSON-lines file of judge replies, reused and appended")
     parser.add_argument("--judge-model", default=DEFAULT_JUDGE_MODEL, help=f"default {DEFAULT_JUDGE_MODEL}")
+    parser.add_argument(
+        "--no-judge",
+        action="store_true",
+        help="no judge endpoint: rows the exact matcher cannot decide count as misses, as VLMEvalKit without one",
+    )
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: the OpenAI API)")
     parser.add_argument(
         "--api-key-env",
@@ -274,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
         args.reference,
         args.out,
         args.cache,
-        judge_model=args.judge_model,
+        judge_model=None if args.no_judge else args.judge_model,
         base_url=args.base_url,
         api_key_env=args.api_key_env,
         max_tokens=args.max_tokens,

@@ -18,12 +18,13 @@ IMAGE_REF_MAX_LEN = 64
 
 
 def read_benchmark(path: str | Path) -> pd.DataFrame:
-    """The benchmark TSV as text cells (``NA`` stays a string), image references resolved; checks the columns."""
+    """The benchmark TSV as VLMEvalKit reads it (pandas' default NA strings: an option cell "NA", "None" or "n/a" is a
+    missing option, as in the official evaluation's prompt), image references resolved; checks the columns."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"benchmark {path} does not exist")
     try:
-        df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""], dtype={"image": str})
+        df = pd.read_csv(path, sep="\t", dtype={"image": str})
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"benchmark {path}: cannot read as TSV: {exc}") from exc
     missing = [c for c in ("index", "question", "A", "B", "image") if c not in df.columns]

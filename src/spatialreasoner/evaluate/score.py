@@ -61,10 +61,12 @@ def _name_rows(indices: Sequence, what: str) -> str:
 
 
 def read_table(path: str | Path, columns: Sequence[str] | None = None, skip_image: bool = True) -> pd.DataFrame:
-    """Read a predictions or benchmark file (.parquet, .tsv, .xlsx) with text cells kept as written.
+    """Read a predictions or benchmark file (.parquet, .tsv, .xlsx).
 
-    "NA", "None" and similar stay strings (an option may read "None"); only empty cells are missing. A benchmark's
-    base64 ``image`` column is not needed for scoring and is not loaded (``skip_image``).
+    A .tsv is read as VLMEvalKit reads a benchmark (pandas' defaults): "NA", "None", "n/a", "null" and empty cells
+    are missing, so such an option is no choice of the matcher. In an .xlsx (predictions exported for VLMEvalKit)
+    only empty cells are missing. A benchmark's base64 ``image`` column is not needed for scoring and is not loaded
+    (``skip_image``).
     """
     path = Path(path)
     if not path.is_file():
@@ -79,7 +81,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, skip_imag
             def usecols(c):
                 return (wanted is None or c in wanted) and not (skip_image and c == "image")
 
-            df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""], usecols=usecols)
+            df = pd.read_csv(path, sep="\t", usecols=usecols)
         elif suffix in (".xlsx", ".xls"):
             df = pd.read_excel(path, keep_default_na=False, na_values=[""])
             if columns:
@@ -322,7 +324,17 @@ def judged_letters(path: str | Path, df: pd.DataFrame) -> tuple[list[str], dict]
     if stale:
         raise DataError(f"{path}: " + _name_rows(stale, "absent or judged on another prediction") + "; judge again")
     counts = {"judged": int(judged["judged"].sum()), "judge_fallback": int(judged["fallback"].sum())}
-    return letters, counts
+    return letters, counts | judge_provenance(judged)
+
+
+def judge_provenance(judged: pd.DataFrame) -> dict:
+    """Which judge decided a judged file's rows (None: no judge endpoint, VLMEvalKit's exact matching) and how many
+    rows its exact matcher left undecided."""
+    out = {"undecided": int(judged["exact"].isna().sum())} if "exact" in judged.columns else {}
+    if "judge_model" in judged.columns:  # written by every judge run since the column was added
+        models = judged["judge_model"].dropna().unique().tolist()
+        out["judge_model"] = str(models[0]) if models else None
+    return out
 
 
 def score_file(
@@ -390,6 +402,8 @@ def score_file(
         **judge_counts,
         # The image processor's pixel limits inference used (recorded in the predictions), or None.
         **{k: (int(df[k].iloc[0]) if k in df.columns and is_present(df[k].iloc[0]) else None) for k in PIXEL_KEYS},
+        # The model folder those limits were read from (a trained model's released counterpart), or None.
+        "pixels_from": str(df["pixels_from"].iloc[0]) if "pixels_from" in df.columns else None,
         "main": tables["main"],
         "per_row": tables["per_row"],
         "seconds": round(time.perf_counter() - start, 3),

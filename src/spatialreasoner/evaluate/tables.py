@@ -43,6 +43,9 @@ HEADLINE: dict[str, tuple[str, ...]] = {SRB: ("overall", *SRB_TYPES), CVB: (CVB_
 #: Names in ``paper`` that stand for a table column (the published CV-Bench-3D "overall" is the pooled one).
 PAPER_ALIASES: dict[str, dict[str, str]] = {CVB: {"overall": CVB_POOLED}}
 COUNT_COLUMNS = ("rows", "groups", "unmatched (%)")
+#: The last columns of every table: the protocol that made the row (from its score's summary.json) and the rows an
+#: LLM judge decided in it (0 where no judge ran; empty for the chance row).
+PROVENANCE_COLUMNS = ("protocol", "judged rows")
 #: The row of expected chance accuracy, added to every table.
 CHANCE = "chance (expected)"
 LOW, HIGH = "ci_low", "ci_high"
@@ -63,7 +66,8 @@ def interval_columns(column: str) -> tuple[str, str, str]:
 def csv_columns(benchmark: str) -> list[str]:
     """The columns of a written table: model, counts, then every accuracy with its interval bounds."""
     counts = [c for c in COUNT_COLUMNS if benchmark == SRB or c != "groups"]
-    return ["model", *counts, *(c for col in TABLE_COLUMNS[benchmark] for c in interval_columns(col))]
+    accuracies = (c for col in TABLE_COLUMNS[benchmark] for c in interval_columns(col))
+    return ["model", *counts, *accuracies, *PROVENANCE_COLUMNS]
 
 
 def _name_rows(indices: Sequence, what: str) -> str:
@@ -229,6 +233,8 @@ class ModelScores:
     name: str
     values: np.ndarray  # per benchmark row: 1.0/0.0 hits, or the chance of a hit
     unmatched: float | None  # share of replies with no matched answer, %; None for the chance row
+    protocol: str | None = None  # how the replies became letters (PROVENANCE_COLUMNS)
+    judged: int | None = None  # rows an LLM judge decided
 
 
 def table_frame(units: Units, models: Sequence[ModelScores], counts: np.ndarray, circular: bool):
@@ -246,6 +252,7 @@ def table_frame(units: Units, models: Sequence[ModelScores], counts: np.ndarray,
             est = intervals.estimate(value, resampled)
             for name, v in zip(interval_columns(col), (est.value, est.low, est.high), strict=True):
                 record[name] = round(v, 1) if not math.isnan(v) else math.nan
+        record |= dict(zip(PROVENANCE_COLUMNS, (model.protocol, model.judged), strict=True))
         records.append(record)
     return pd.DataFrame(records, columns=csv_columns(units.benchmark)), samples
 
@@ -263,6 +270,12 @@ def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{float(value):.1f}"
+
+
+def _provenance_text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return str(int(value)) if isinstance(value, (int, float, np.integer)) else f"`{value}`"
 
 
 def summary_markdown(
@@ -295,6 +308,7 @@ def summary_markdown(
             header += [c] + ([f"{c} (paper)", f"{c} (diff)"] if c in compared else [])
         if bench == SRB:
             header.append("overall per row")
+        header += ["protocol", "judged rows"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         per_row = result.get("per_row")
         for i, row in table.iterrows():
@@ -313,6 +327,7 @@ def summary_markdown(
             if per_row is not None:
                 r = per_row.iloc[i]
                 cells.append(intervals.Estimate(r["overall"], r[f"overall {LOW}"], r[f"overall {HIGH}"]).as_text())
+            cells += [_provenance_text(row["protocol"]), _provenance_text(row["judged rows"])]
             lines.append("| " + " | ".join(cells) + " |")
         if bench == SRB:
             lines += ["", "`overall per row`: every question on its own (not circular), what VLMEvalKit calls Overall."]
@@ -353,8 +368,13 @@ def scoring_markdown(scores: Mapping[str, Mapping[str, str | Path]]) -> str:
                 raise DataError(f"{path}: not a readable score summary ({exc}); score the model again") from exc
             judged = info.get("judged")
             judged_text = "–" if judged is None else f"{judged} ({info.get('judge_fallback', 0)} by fallback)"
+            if "judge_model" in info:
+                judge = info["judge_model"] or "no judge"
+                judged_text += f"; {info.get('undecided', '?')} undecided by the matcher, judge: {judge}"
             low, high = info.get("min_pixels"), info.get("max_pixels")
             pixels = "–" if low is None and high is None else f"{low if low is not None else '?'}–{high}"
+            if info.get("pixels_from"):
+                pixels += f" ({info['pixels_from']}'s)"
             lines.append(f"| {bench} | {name} | {info.get('protocol', '–')} | {judged_text} | {pixels} |")
     if not lines:
         return ""
@@ -362,6 +382,26 @@ def scoring_markdown(scores: Mapping[str, Mapping[str, str | Path]]) -> str:
             "(protocol vlmevalkit), and the image processor's pixel limits (min–max) at inference.", "",
             "| benchmark | model | protocol | judged rows | pixels |", "|---|---|---|---|---|"]  # fmt: skip
     return "\n".join(head + lines) + "\n"
+
+
+def score_provenance(folder: str | Path) -> tuple[str | None, int | None]:
+    """The protocol label and the judged-row count of a score folder, from its ``summary.json`` (None, None without
+    one). ``vlmevalkit`` without a judge endpoint reads ``vlmevalkit (no judge)``; the random draw reads ``random``."""
+    import json
+
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        return None, None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a readable score summary ({exc}); score the model again") from exc
+    if info.get("random_seed") is not None:
+        return "random", 0
+    protocol = str(info.get("protocol", "answer_tag"))
+    if "judge_model" in info and info["judge_model"] is None:
+        protocol += " (no judge)"
+    return protocol, int(info.get("judged") or 0)
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -402,7 +442,7 @@ def write_tables(
         for name, folder in by_model.items():
             hits = read_hits(Path(folder) / HITS_FILE, bench, rows)
             unmatched = 100.0 * float((hits["extracted"] == "Z").mean())
-            models.append(ModelScores(name, hits["hit"].to_numpy(dtype=float), unmatched))
+            models.append(ModelScores(name, hits["hit"].to_numpy(dtype=float), unmatched, *score_provenance(folder)))
         models.append(ModelScores(CHANCE, 1.0 / rows["k"].to_numpy(dtype=float), None))
         units = Units.of(rows, bench)
         # One set of draws per benchmark, shared by every model: differences are paired.
@@ -472,12 +512,12 @@ def read_table_csv(path: str | Path, benchmark: str) -> pd.DataFrame:
         raise DataError(
             f"{path}: line(s) {', '.join(map(str, short[:_MAX_NAMED]))} do not have {len(expected)} fields (a cut file?)"
         )
-    numeric = [c for c in expected if c not in ("model", "unmatched (%)")]
+    numeric = [c for c in expected if c not in ("model", "unmatched (%)", "protocol")]
     values = df[numeric].apply(pd.to_numeric, errors="coerce")
     bad = (
         (values.isna() & df[numeric].notna())
         | (values < 0)
-        | (values[[c for c in numeric if c not in COUNT_COLUMNS]] > 100)
+        | (values[[c for c in numeric if c not in (*COUNT_COLUMNS, *PROVENANCE_COLUMNS)]] > 100)
     )
     if bad.any().any():
         column = bad.any()[bad.any()].index[0]

@@ -34,6 +34,7 @@ RUN_DEFAULTS: dict = {
     "precision": "auto",  # auto = bf16 on GPUs, fp32 on CPU
     "attn_implementation": "auto",
     "gradient_checkpointing": True,
+    "use_fast": True,  # the training's image processor: torchvision (True) or PIL (False, the official "slow" one)
     "save_steps": 1000,
     "save_total_limit": None,
     "logging_steps": 1,

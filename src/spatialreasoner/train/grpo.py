@@ -175,6 +175,10 @@ def build_trainer(
         from spatialreasoner.train.vllm_colocate import use_reload_for_colocated_sync
 
         use_reload_for_colocated_sync(trainer)
+    elif vllm["mode"] == "server":
+        from spatialreasoner.train.vllm_server import clear_encoder_cache_after_sync
+
+        clear_encoder_cache_after_sync(trainer)
     return trainer
 
 

@@ -283,7 +283,8 @@ def train(
         return out
 
     set_seed(seed)
-    processor = load_processor(init, min_pixels=min_pixels, max_pixels=max_pixels)
+    processor = load_processor(init, min_pixels=min_pixels, max_pixels=max_pixels, use_fast=cfg["use_fast"])
+    log.info("image processor: %s", type(processor.image_processor).__name__)
     signal_cb = SignalCheckpointCallback().install()
     try:
         callbacks = [StopAtStepCallback(stop), signal_cb, LogMetricsCallback(), *extra_callbacks]

@@ -153,12 +153,32 @@ def reasoning_steps_reward(completions, **kwargs) -> list[float]:
 
 # --- 3D-aware process reward ----------------------------------------------------------------------------------------
 
+# The official module's phrase patterns: decimals only ("1.50", not "1"), a space before each number or vector, and
+# vectors written "(x, y, z)" with exactly ", " between their numbers.
+_DEC = r"-?\d+\.\d+"
+_DEC_VEC = rf"\({_DEC}, {_DEC}, {_DEC}\)"
+
+#: Phrase kinds of explicit 3D reasoning and how each is recognised (case-insensitive, within one line), as the
+#: official reward module wrote them. ``cos_or_angle`` is one kind found by either of two phrasings.
+PHRASES: dict[str, tuple[re.Pattern, ...]] = {
+    "location": (re.compile(rf"3D location of .*? {_DEC_VEC}", re.IGNORECASE),),
+    "vector": (re.compile(rf"vector from .*? to .*? {_DEC_VEC}", re.IGNORECASE),),
+    "camera_distance": (re.compile(r"distance from .*? to the camera .*? \d+\.\d+", re.IGNORECASE),),
+    "distance_between": (re.compile(r"distance between .*? \d+\.\d+", re.IGNORECASE),),
+    "cos_or_angle": (
+        re.compile(rf"cosine similarity between .*? {_DEC}", re.IGNORECASE),
+        re.compile(r"angle between .*? \d+", re.IGNORECASE),
+    ),
+    "front": (re.compile(rf"front direction of .*? {_DEC_VEC}", re.IGNORECASE),),
+    "left": (re.compile(rf"left direction of .*? {_DEC_VEC}", re.IGNORECASE),),
+}
+
 _NUM = r"-?\d+(?:\.\d+)?"
 _VEC = rf"\(\s*{_NUM},\s*{_NUM},\s*{_NUM}\s*\)"
 
-#: Phrase kinds of explicit 3D reasoning and how each is recognised (case-insensitive, within one line).
-#: ``cos_or_angle`` is one kind found by either of two phrasings.
-PHRASES: dict[str, tuple[re.Pattern, ...]] = {
+#: The same kinds, recognised more leniently (reward ``process_lenient``): integers count as numbers, negative
+#: distances too, and spacing inside and before a vector is free ("(1,2, 3)", "at(1.0, 2.0, 3.0)").
+LENIENT_PHRASES: dict[str, tuple[re.Pattern, ...]] = {
     "location": (re.compile(rf"3D location of .*?{_VEC}", re.IGNORECASE),),
     "vector": (re.compile(rf"vector from .*? to .*?{_VEC}", re.IGNORECASE),),
     "camera_distance": (re.compile(rf"distance from .*? to the camera .*?{_NUM}", re.IGNORECASE),),
@@ -194,15 +214,15 @@ REQUIRED: dict[str, Counter] = {
 }
 
 
-def count_phrases(text: str) -> Counter:
-    """How many phrases of each kind ``text`` states.
+def count_phrases(text: str, phrases: Mapping[str, tuple[re.Pattern, ...]] = PHRASES) -> Counter:
+    """How many phrases of each kind ``text`` states (``phrases``: the official patterns, or ``LENIENT_PHRASES``).
 
     For ``cos_or_angle`` the larger of the cosine count and the angle count is taken: a cosine and the angle derived
     from it describe the same quantity, so stating both is not two findings. (The official module summed both and
     subtracted one when both occurred; it never ran, because it failed at import.)
     """
     found = Counter()
-    for kind, patterns in PHRASES.items():
+    for kind, patterns in phrases.items():
         found[kind] = max(len(p.findall(text)) for p in patterns)
     return found
 
@@ -219,8 +239,9 @@ def process_confusion(found: Mapping[str, int], required: Mapping[str, int]) -> 
 _warned_categories: set[str] = set()
 
 
-def process_reward(completions, category=None, **kwargs) -> list[float]:
-    """3D-aware process reward: accuracy (TP+TN)/(TP+TN+FP+FN) of the phrase kinds stated vs. those required.
+def process_reward(completions, category=None, phrases=PHRASES, **kwargs) -> list[float]:
+    """3D-aware process reward: accuracy (TP+TN)/(TP+TN+FP+FN) of the phrase kinds stated vs. those required,
+    phrases recognised by the official patterns (``process_lenient``: by ``LENIENT_PHRASES``).
 
     The required multiset comes from the row's 3DSRBench subtype (``category``); a category outside the table scores
     0.0 (with one warning per category), since there is no reference for its reasoning. Every kind contributes to
@@ -235,10 +256,15 @@ def process_reward(completions, category=None, **kwargs) -> list[float]:
                 _warned_categories.add(str(cat))
                 log.warning("process reward: no required phrases for category %r; scored 0", cat)
             return 0.0
-        c = process_confusion(count_phrases(text), required)
+        c = process_confusion(count_phrases(text, phrases), required)
         return (c["tp"] + c["tn"]) / (c["tp"] + c["tn"] + c["fp"] + c["fn"])
 
     return _safe("process", score, completions)
+
+
+def process_lenient_reward(completions, category=None, **kwargs) -> list[float]:
+    """The 3D-aware process reward with the lenient phrase patterns (integers, free spacing in vectors)."""
+    return process_reward(completions, category=category, phrases=LENIENT_PHRASES)
 
 
 # --- registry -------------------------------------------------------------------------------------------------------
@@ -249,6 +275,7 @@ REWARDS: dict[str, RewardFunc] = {
     "accuracy": accuracy_reward,
     "reasoning_steps": reasoning_steps_reward,
     "process": process_reward,
+    "process_lenient": process_lenient_reward,
 }
 
 

@@ -1,4 +1,5 @@
-"""Waiting for a GRPO run's vLLM server (``trl vllm-serve``) before its trainer starts.
+"""A GRPO run's vLLM server (``trl vllm-serve``): waiting for it before its trainer starts, and clearing its encoder
+cache after every weight sync.
 
 The composed job command starts the server in the background and runs ``python -m spatialreasoner.train.vllm_server
 --port P --pid PID --log LOG``: it returns once ``/health`` answers 200, and fails at once, naming the server's log,
@@ -20,6 +21,35 @@ DEFAULT_TIMEOUT = 1800
 
 class ServerNotReady(RuntimeError):
     pass
+
+
+def reset_encoder_cache(client) -> None:
+    """POST the server's ``/reset_encoder_cache`` (vLLM's development endpoint, on under ``trl vllm-serve``).
+
+    The encoder cache holds the vision tower's embeddings of images already seen, keyed by the image alone; the
+    training updates the vision tower too, so after a weight sync those embeddings are stale (vLLM's own
+    ``reset_encoder_cache`` says to call it when weights change). The multimodal cache holds preprocessed pixels,
+    which no weight changes, and is kept. TRL 1.16 resets only the prefix cache after a server sync."""
+    response = client.session.post(f"{client.base_url}/reset_encoder_cache")
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"vLLM server {client.base_url}: /reset_encoder_cache answered {response.status_code} {response.text[:200]}"
+        )
+
+
+def clear_encoder_cache_after_sync(trainer) -> None:
+    """Make ``trainer`` (a TRL GRPOTrainer in server mode) clear the server's encoder cache after each weight sync."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if generation is None or generation.mode != "server":
+        return
+    sync = generation.sync_weights
+
+    def sync_weights() -> None:
+        sync()
+        if generation.accelerator.is_main_process:
+            reset_encoder_cache(generation.vllm_client)
+
+    generation.sync_weights = sync_weights
 
 
 def _alive(pid: int) -> bool:
