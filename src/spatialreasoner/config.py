@@ -186,7 +186,7 @@ WORKFLOW_TRAINER_ARGS = frozenset(
      "logging_first_step", "logging_dir", "seed", "data_seed", "use_cpu", "resume_from_checkpoint", "save_only_model",
      "remove_unused_columns", "dataset_kwargs", "disable_tqdm", "push_to_hub", "hub_model_id", "hub_strategy",
      "deepspeed", "local_rank", "eval_strategy", "do_train", "gradient_checkpointing_kwargs",
-     "activation_checkpointing_kwargs"}
+     "activation_checkpointing_kwargs", "logging_nan_inf_filter"}
 )  # fmt: skip
 #: TRL config fields that a run key sets: ``trainer_args`` naming one points to the run key instead.
 RUN_KEY_OF_TRAINER_ARG = {

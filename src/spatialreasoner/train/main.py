@@ -137,9 +137,15 @@ def train(
     from accelerate import PartialState
     from transformers import set_seed
 
+    from spatialreasoner.config import check_finite_numbers
     from spatialreasoner.modeling import check_model_dir, load_processor
     from spatialreasoner.train import grpo, sft
-    from spatialreasoner.train.callbacks import LogMetricsCallback, SignalCheckpointCallback, StopAtStepCallback
+    from spatialreasoner.train.callbacks import (
+        FiniteMetricsCallback,
+        LogMetricsCallback,
+        SignalCheckpointCallback,
+        StopAtStepCallback,
+    )
     from spatialreasoner.train.common import (
         export_final_model,
         on_gpu,
@@ -151,6 +157,7 @@ def train(
     from spatialreasoner.train.schedule import batch_layout, full_schedule_steps, warmup_steps
 
     cfg = resolve_run_config(run_cfg)
+    check_finite_numbers(dict(run_cfg), ("runs", run_name))  # before anything is read, moved or written
     check_model_dir(init)
     workdir, out = Path(workdir), Path(out)
     # On CPU the processes `accelerate launch` starts join a gloo group only when told to use the CPU.
@@ -238,7 +245,8 @@ def train(
     processor = load_processor(init, min_pixels=min_pixels, max_pixels=max_pixels)
     signal_cb = SignalCheckpointCallback().install()
     try:
-        callbacks = [StopAtStepCallback(stop), signal_cb, LogMetricsCallback(), *extra_callbacks]
+        callbacks = [StopAtStepCallback(stop), signal_cb, LogMetricsCallback(), FiniteMetricsCallback(run_name),
+                     *extra_callbacks]  # fmt: skip
         kwargs = training_kwargs(cfg, workdir, total, seed, run_name)
         if cfg["stage"] == "sft":
             trainer = sft.build_trainer(cfg, kwargs, init, data, processor, callbacks)
