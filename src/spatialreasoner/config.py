@@ -384,7 +384,34 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     check_semantics(config)
     check_counts(config)
     checkpoint_steps(config)
+    check_judge_url(config)
     return config
+
+
+def check_judge_url(config: Mapping) -> None:
+    """``evaluate.judge.base_url`` is an http(s) URL without credentials (it is shown in job commands and logs; the
+    key comes from the variable that ``api_key_env`` names)."""
+    from urllib.parse import urlsplit
+
+    url = (config.get("evaluate", {}).get("judge") or {}).get("base_url")
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(
+            f"config key evaluate.judge.base_url: not a URL ({exc}); expected http(s)://host[:port]/v1"
+        ) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(
+            f"config key evaluate.judge.base_url: {url!r} is not an http(s) URL; expected e.g. http://localhost:8000/v1"
+        )
+    if "@" in parts.netloc:
+        raise ConfigError(
+            "config key evaluate.judge.base_url: holds credentials (user:password@), which would be shown in job "
+            "commands; expected a URL without them, with the key in the variable evaluate.judge.api_key_env names"
+        )
 
 
 # --- numbers and counts ---------------------------------------------------------------------------------------------

@@ -138,3 +138,10 @@ def test_judge_base_url_must_be_a_url(demo_config):
     rejected(config, "config key evaluate.judge.base_url", "http")
     config["evaluate"]["judge"] = {"base_url": "http://localhost:8000/v1"}
     validate_config(config)
+
+
+def test_judge_base_url_with_credentials_is_refused_without_showing_them(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["evaluate"]["judge"] = {"base_url": "https://bob:s3cr3t-pw@judge.example/v1"}
+    message = rejected(config, "config key evaluate.judge.base_url: holds credentials", "api_key_env")
+    assert "s3cr3t-pw" not in message
