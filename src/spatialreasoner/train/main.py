@@ -111,6 +111,25 @@ def _comparable_config(cfg: Mapping, init: Path, data: Path) -> dict:
     return json.loads(json.dumps(comparable, default=str))
 
 
+def _resume_decision(state, workdir: Path, comparable: Mapping, layout: Mapping):
+    """(checkpoint to resume or None, changed config keys, layout conflict or None, whether to set the working folder
+    aside), decided by rank 0 alone and broadcast: every rank then acts on the same answer, even if rank 0 has
+    already moved the folder by the time a slower rank would have looked at it."""
+    decision = [None]
+    if state.is_main_process:
+        resume = last_checkpoint(workdir)
+        changed = _config_changes(workdir, comparable)
+        conflict = None if changed else _layout_conflict(workdir, resume, layout)
+        stale = bool(changed) and workdir.exists()
+        decision = [(None if stale or resume is None else str(resume), changed, conflict, stale)]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(decision, from_process=0)
+    resume, changed, conflict, stale = decision[0]
+    return (Path(resume) if resume else None), list(changed), conflict, stale
+
+
 def _set_aside_stale_checkpoints(workdir: Path, changed: list[str]) -> Path:
     """Move a working folder made with another run config out of the way, so that training starts afresh."""
     stale = workdir.with_name(f"{workdir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -209,11 +228,8 @@ def train(
     # Resuming checkpoints made with another config (learning rate, schedule, data...) would silently mix two
     # runs, so they are set aside. Every rank reads the old record before the main process replaces it.
     comparable = _comparable_config(cfg, init, data)
-    resume = last_checkpoint(workdir)
-    changed = _config_changes(workdir, comparable)
     layout = batch_layout(cfg["per_device_train_batch_size"], num_processes, cfg["gradient_accumulation_steps"], total)
-    conflict = None if changed else _layout_conflict(workdir, resume, layout)
-    state.wait_for_everyone()
+    resume, changed, conflict, stale = _resume_decision(state, workdir, comparable, layout)
     if conflict:
         aside = workdir.with_name(f"{workdir.name}.weights-only")
         # Another global batch would change the learning rate at every step and the data each step sees.
@@ -223,11 +239,10 @@ def train(
             f"with a fresh optimizer and the new schedule: move {workdir} aside (e.g. `mv {workdir} {aside}`) and "
             f"run this job's command with --init {aside / resume.name}"
         )
-    if changed and workdir.exists():
+    if stale:
         if state.is_main_process:
             _set_aside_stale_checkpoints(workdir, changed)
         state.wait_for_everyone()
-        resume = None
     if state.is_main_process:
         from spatialreasoner.utils import write_json_atomic
 
