@@ -145,3 +145,12 @@ def test_judge_base_url_with_credentials_is_refused_without_showing_them(demo_co
     config["evaluate"]["judge"] = {"base_url": "https://bob:s3cr3t-pw@judge.example/v1"}
     message = rejected(config, "config key evaluate.judge.base_url: holds credentials", "api_key_env")
     assert "s3cr3t-pw" not in message
+
+
+def test_vllm_tensor_parallel_on_a_machine_without_gpu_stops_before_the_engine():
+    from spatialreasoner.errors import ConfigError
+    from spatialreasoner.evaluate.backends.vllm import engine_kwargs
+
+    with pytest.raises(ConfigError, match="tensor_parallel_size: 2 on a machine without a GPU"):
+        engine_kwargs({"model": "m", "tensor_parallel_size": 2}, on_cpu=True)
+    assert engine_kwargs({"model": "m", "tensor_parallel_size": 2}, on_cpu=False)["tensor_parallel_size"] == 2

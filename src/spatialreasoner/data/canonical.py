@@ -116,7 +116,7 @@ def read_jsonl_rows(path: Path) -> list[dict]:
     """The JSON objects of a JSON-lines file, one per non-blank line; DataError naming the file and line of one that
     is cut or is not an object."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark some editors write is not part of line 1
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

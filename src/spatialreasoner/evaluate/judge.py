@@ -145,8 +145,10 @@ class Judge:
                 max_tokens=self.max_tokens,
             )
         except openai.APIError as exc:  # a server's reply may echo the key: it is redacted (a registered secret)
+            body = getattr(getattr(exc, "response", None), "text", "") or ""
+            sent = f"; it sent {redact(_shown(body))!r}" if body and _shown(body) not in str(exc) else ""
             raise DataError(
-                f"judge {self.model!r} at {self.endpoint} failed: {type(exc).__name__}: {redact(str(exc))}; "
+                f"judge {self.model!r} at {self.endpoint} failed: {type(exc).__name__}: {redact(str(exc))}{sent}; "
                 "replies received so far are cached, rerun to continue"
             ) from exc
         reply = self.reply_text(raw.status_code, raw.headers.get("content-type", ""), raw.text)
@@ -173,14 +175,19 @@ class Judge:
                 problem = "its first choice's message has no content"
             else:
                 return message["content"] or ""
-        shown = " ".join(body.split())
-        shown = shown[:300] + ("..." if len(shown) > 300 else "")
+        shown = _shown(body)
         raise DataError(
             f"judge {self.model!r} at {self.endpoint} answered HTTP {status} ({content_type or 'no content type'}) "
             f"with a reply that is not a chat completion: {problem}; it sent {redact(shown)!r}. Check "
             "evaluate.judge.base_url (an OpenAI-compatible endpoint ending in /v1); replies received so far are "
             "cached, rerun to continue"
         )
+
+
+def _shown(body: str, limit: int = 300) -> str:
+    """A server's reply body on one line, cut to ``limit`` characters."""
+    text = " ".join(body.split())
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 class LazyJudge:
