@@ -43,7 +43,7 @@ def known_secrets() -> list[str]:
     """Every secret this process knows, longest first (so that no secret is left half-replaced)."""
     found = set(_REGISTERED_SECRETS)
     for name, value in os.environ.items():
-        if (name in SECRET_ENV_VARS or SECRET_ENV_NAME.search(name)) and len(value) >= MIN_SECRET_LENGTH:
+        if value and (name in SECRET_ENV_VARS or (SECRET_ENV_NAME.search(name) and len(value) >= MIN_SECRET_LENGTH)):
             found.add(value)
     return sorted(found, key=len, reverse=True)
 
