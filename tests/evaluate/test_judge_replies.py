@@ -57,26 +57,30 @@ def server():
     httpd.server_close()
 
 
-def run_judge_cli(tmp_path: Path, base_url: str, workers: int = 1) -> subprocess.CompletedProcess:
+def run_judge_cli(tmp_path: Path, base_url: str, monkeypatch, capsys) -> tuple[int, str]:
+    """The ``judge`` command as a job runs it (its exit code and stderr), the key in the environment."""
+    from spatialreasoner.cli import main
+
     preds, bench = predictions(tmp_path, REPLIES)
-    cmd = [sys.executable, "-m", "spatialreasoner.cli", "--log", str(tmp_path / "judge.log"), "judge",
-           "--predictions", str(preds), "--reference", str(bench), "--out", str(tmp_path / "judged.parquet"),
-           "--cache", str(tmp_path / "cache.jsonl"), "--judge-model", "j", "--base-url", base_url,
-           "--api-key-env", "SR_TEST_JUDGE_KEY", "--attempts", "1", "--workers", str(workers), "--timeout", "10"]  # fmt: skip
-    env = {**os.environ, "SR_TEST_JUDGE_KEY": KEY, "OPENAI_MAX_RETRIES": "0"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    monkeypatch.setenv("SR_TEST_JUDGE_KEY", KEY)
+    code = main(["--log", str(tmp_path / "judge.log"), "judge", "--predictions", str(preds), "--reference", str(bench),
+                 "--out", str(tmp_path / "judged.parquet"), "--cache", str(tmp_path / "cache.jsonl"), "--judge-model",
+                 "j", "--base-url", base_url, "--api-key-env", "SR_TEST_JUDGE_KEY", "--attempts", "1", "--workers",
+                 "1", "--timeout", "10"])  # fmt: skip
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
 
 
-def test_a_server_echoing_the_key_never_gets_it_printed(server, tmp_path):
+def test_a_server_echoing_the_key_never_gets_it_printed(server, tmp_path, monkeypatch, capsys):
     base_url, script, _ = server
     script.append((401, "application/json", None))
-    proc = run_judge_cli(tmp_path, base_url)
+    code, stderr = run_judge_cli(tmp_path, base_url, monkeypatch, capsys)
     log = (tmp_path / "judge.log").read_text()
-    assert proc.returncode != 0
-    assert "Bearer" in proc.stderr and "Bearer" in log  # the server's reply is shown ...
-    assert KEY not in proc.stderr + proc.stdout and KEY not in log  # ... without the key
-    assert KEY[:12] not in proc.stderr + log
-    assert base_url in proc.stderr
+    assert code == 2
+    assert "Bearer" in stderr and "Bearer" in log  # the server's reply is shown ...
+    assert KEY not in stderr and KEY not in log  # ... without the key
+    assert KEY[:12] not in stderr + log
+    assert base_url in stderr
 
 
 BAD_REPLIES = [
@@ -105,12 +109,12 @@ def test_a_reply_that_is_not_a_chat_completion_names_the_endpoint(server, tmp_pa
     assert [json.loads(line)["reply"] for line in cache.read_text().splitlines()] == ["B"] and len(asked) == 2
 
 
-def test_a_judge_job_given_an_html_page_ends_with_one_line_naming_the_endpoint(server, tmp_path):
+def test_a_judge_job_given_an_html_page_ends_with_one_line_naming_the_endpoint(server, tmp_path, monkeypatch, capsys):
     base_url, script, _ = server
     script += [BAD_REPLIES[0][0]]
-    proc = run_judge_cli(tmp_path, base_url)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert f"judge 'j' at {base_url} answered HTTP 200 (text/html)" in proc.stderr
+    code, stderr = run_judge_cli(tmp_path, base_url, monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in stderr, stderr[-3000:]
+    assert f"judge 'j' at {base_url} answered HTTP 200 (text/html)" in stderr
     assert "Welcome to nginx!" in (tmp_path / "judge.log").read_text()
 
 
