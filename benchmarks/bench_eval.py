@@ -78,6 +78,8 @@ def bench_scoring(tmp: Path) -> None:
         "3DSRBench",
         "--predictions",
         str(preds),
+        "--reference",
+        str(preds),
         "--out",
         str(tmp / "scores-cli"),
     ]

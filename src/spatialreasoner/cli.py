@@ -12,7 +12,7 @@ import logging
 import sys
 
 from spatialreasoner.errors import SpatialReasonerError
-from spatialreasoner.utils import redact, setup_logging
+from spatialreasoner.utils import redact, redact_standard_streams, setup_logging
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if a in SUBCOMMANDS), None)
     parser = build_parser(only=command)
     args = parser.parse_args(argv)
+    # Secrets never leave the process: not in its messages, nor in servers' replies or libraries' tracebacks.
+    redact_standard_streams()
     setup_logging(args.log)
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import re
 from collections.abc import Mapping
 from importlib.resources import files
@@ -66,6 +67,10 @@ def _describe(error) -> str:
         return f"config key {where}: {error.message} (see config/README.md for the allowed keys)"
     if error.validator == "propertyNames":
         return f"config key {where}: name {error.instance!r} is not allowed: {error.message}"
+    if error.validator in ("anyOf", "oneOf", "uniqueItems") and isinstance(error.instance, list):
+        repeated = sorted({repr(v) for v in error.instance if error.instance.count(v) > 1})
+        if repeated:
+            return f"config key {where}: {', '.join(repeated)} given twice; expected each at most once"
     if error.validator == "oneOf":
         return (
             f"config key {where}: {json.dumps(error.instance, default=str)[:200]} matches none of the allowed forms "
@@ -182,7 +187,7 @@ WORKFLOW_TRAINER_ARGS = frozenset(
      "logging_first_step", "logging_dir", "seed", "data_seed", "use_cpu", "resume_from_checkpoint", "save_only_model",
      "remove_unused_columns", "dataset_kwargs", "disable_tqdm", "push_to_hub", "hub_model_id", "hub_strategy",
      "deepspeed", "local_rank", "eval_strategy", "do_train", "gradient_checkpointing_kwargs",
-     "activation_checkpointing_kwargs"}
+     "activation_checkpointing_kwargs", "logging_nan_inf_filter"}
 )  # fmt: skip
 #: TRL config fields that a run key sets: ``trainer_args`` naming one points to the run key instead.
 RUN_KEY_OF_TRAINER_ARG = {
@@ -395,9 +400,132 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Schema (with defaults) then cross-reference checks; returns the same, completed, dict."""
     if not isinstance(config, dict):
         raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
+    check_finite_numbers(config)
     validate_schema(config, schema)
     check_semantics(config)
+    check_counts(config)
+    checkpoint_steps(config)
+    check_judge_url(config)
     return config
+
+
+def check_judge_url(config: Mapping) -> None:
+    """``evaluate.judge.base_url`` is an http(s) URL without credentials (it is shown in job commands and logs; the
+    key comes from the variable that ``api_key_env`` names)."""
+    from urllib.parse import urlsplit
+
+    url = (config.get("evaluate", {}).get("judge") or {}).get("base_url")
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(
+            f"config key evaluate.judge.base_url: not a URL ({exc}); expected http(s)://host[:port]/v1"
+        ) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(
+            f"config key evaluate.judge.base_url: {url!r} is not an http(s) URL; expected e.g. http://localhost:8000/v1"
+        )
+    if "@" in parts.netloc:
+        raise ConfigError(
+            "config key evaluate.judge.base_url: holds credentials (user:password@), which would be shown in job "
+            "commands; expected a URL without them, with the key in the variable evaluate.judge.api_key_env names"
+        )
+
+
+# --- numbers and counts ---------------------------------------------------------------------------------------------
+
+
+def check_finite_numbers(node, parts=()) -> None:
+    """Every number of the configuration is finite: YAML's ``.inf`` and ``.nan`` pass a schema's type and bounds
+    (a NaN compares false with every bound), and would reach the trainer as a learning rate."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config key {key_path(parts)}: {node} is not a finite number; expected a finite number")
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            check_finite_numbers(value, (*parts, key))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_finite_numbers(value, (*parts, i))
+
+
+def check_counts(config: Mapping) -> None:
+    """Process and tensor-parallel counts that the job's GPUs cannot hold, refused with the numbers."""
+    for name, run in config.get("runs", {}).items():
+        gpus = int((run.get("resources") or {}).get("gpus", 1))
+        vllm = run.get("vllm") or {}
+        available = gpus - (int(vllm.get("server_gpus", 1)) if vllm.get("mode") == "server" else 0)
+        processes = run.get("num_processes")
+        if gpus and processes and processes > available:
+            server = " after the vLLM server's vllm.server_gpus" if vllm.get("mode") == "server" else ""
+            raise ConfigError(
+                f"config key runs.{name}.num_processes: {processes} training processes for the {available} GPU(s) "
+                f"of the job (resources.gpus {gpus}{server}); expected at most one process per GPU"
+            )
+    evaluate = config.get("evaluate", {})
+    if evaluate.get("backend") != "vllm":
+        return
+    tp = int((evaluate.get("vllm") or {}).get("tensor_parallel_size", 1))
+    gpus = int((evaluate.get("resources") or {}).get("gpus", 1))
+    if tp > 1 and gpus == 0:
+        raise ConfigError(
+            f"config key evaluate.vllm.tensor_parallel_size: {tp} on a CPU job (evaluate.resources.gpus 0); vLLM's "
+            "CPU engine runs one process per NUMA node, so expected tensor_parallel_size 1 on CPU"
+        )
+    if gpus and tp > gpus:
+        raise ConfigError(
+            f"config key evaluate.vllm.tensor_parallel_size: {tp} GPUs per engine, but the inference job has "
+            f"{gpus} GPU(s) (evaluate.resources.gpus); expected tensor_parallel_size <= {gpus}"
+        )
+
+
+def saved_steps(save_steps: int, stop: int) -> list[int]:
+    """The checkpoints a run stopping at ``stop`` saves: every multiple of ``save_steps`` and the stop itself."""
+    return sorted({*range(save_steps, stop + 1, save_steps), stop})
+
+
+def checkpoint_steps(config: Mapping) -> dict[str, list[int]]:
+    """The intermediate checkpoints to evaluate, ``{run: [steps]}``, from ``evaluate.checkpoints``; a step without a
+    checkpoint (or one the run's ``save_total_limit`` deletes) is a ConfigError naming the key."""
+    steps = {}
+    runs, evaluated = config.get("runs", {}), set(config.get("evaluate", {}).get("models", {}))
+    for run, spec in (config.get("evaluate", {}).get("checkpoints") or {}).items():
+        key = f"config key evaluate.checkpoints.{run}"
+        if run not in runs or run not in evaluated:
+            raise ConfigError(f"{key}: {run!r} is not an evaluated run; expected one of runs in evaluate.models")
+        cfg = runs[run]
+        save, stop = int(cfg.get("save_steps", 1000)), cfg.get("stop_steps")
+        if spec == "all":
+            if stop is None:
+                raise ConfigError(f"{key}: 'all' needs runs.{run}.stop_steps; list the steps instead")
+            spec = list(range(save, int(stop), save))
+        bad = [s for s in spec if s % save or (stop is not None and s >= int(stop))]
+        if bad:
+            raise ConfigError(
+                f"{key}: step(s) {bad} have no intermediate checkpoint; expected multiples of save_steps={save}"
+                + (f" below stop_steps={stop} (the final model is evaluated anyway)" if stop is not None else "")
+            )
+        steps[run] = sorted(set(spec))
+        limit = cfg.get("save_total_limit")
+        if limit is not None and steps[run]:
+            if stop is None:
+                raise ConfigError(
+                    f"config key runs.{run}.save_total_limit: {limit} with checkpoints to evaluate ({key}) needs "
+                    f"runs.{run}.stop_steps, to know which checkpoints the limit keeps; set stop_steps or "
+                    "save_total_limit: null"
+                )
+            kept = saved_steps(save, int(stop))[-int(limit) :]
+            deleted = [s for s in steps[run] if s not in kept]
+            if deleted:
+                raise ConfigError(
+                    f"config key runs.{run}.save_total_limit: {limit} keeps only checkpoint(s) {kept}, deleting "
+                    f"step(s) {deleted} that {key} evaluates; expected save_total_limit >= "
+                    f"{len(saved_steps(save, int(stop))) - saved_steps(save, int(stop)).index(min(steps[run]))} "
+                    "or null"
+                )
+    return steps
 
 
 def _refuse_duplicate_keys(node, path: Path, parts: list) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,16 +18,78 @@ from pathlib import Path
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Names of environment variables whose values must never be written anywhere.
-SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "OPENAI_API_KEY")
+#: Any other environment variable named like a secret (``*_TOKEN``, ``*_API_KEY``, ``*_SECRET``, ``*PASSWORD``...).
+SECRET_ENV_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|CREDENTIALS?)($|_)", re.I)
+#: Shorter values of such variables are settings (``1``, ``false``), not secrets worth hiding everywhere.
+MIN_SECRET_LENGTH = 6
+_REGISTERED_SECRETS: set[str] = set()
+# Credentials that are recognisable by their form wherever they come from: a URL's userinfo and HTTP auth headers.
+_URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
+_AUTH_VALUE = re.compile(
+    r"(\bAuthorization['\"]?\s*[:=]\s*['\"]?(?:Bearer|Basic|token)\s+|\bBearer\s+(?=[A-Za-z0-9._~+/=-]{16}))"
+    r"[A-Za-z0-9._~+/=-]+",
+    re.I,
+)
+
+
+def register_secret(value: str | None) -> None:
+    """Redact ``value`` (e.g. an API key read from a variable named in the config) from every message from now on."""
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        _REGISTERED_SECRETS.add(value)
+
+
+def known_secrets() -> list[str]:
+    """Every secret this process knows, longest first (so that no secret is left half-replaced)."""
+    found = set(_REGISTERED_SECRETS)
+    for name, value in os.environ.items():
+        if value and (name in SECRET_ENV_VARS or (SECRET_ENV_NAME.search(name) and len(value) >= MIN_SECRET_LENGTH)):
+            found.add(value)
+    return sorted(found, key=len, reverse=True)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose output (message, arguments and traceback alike) has every known secret replaced."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class RedactingStream:
+    """A text stream (stdout, stderr) that replaces every known secret in what is written through it: tracebacks,
+    warnings and progress bars of libraries as well as the workflow's own messages."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._stream.write(redact(text) if isinstance(text, str) else text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def redact_standard_streams() -> None:
+    """Wrap ``sys.stdout`` and ``sys.stderr`` in :class:`RedactingStream` (once)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, RedactingStream):
+            setattr(sys, name, RedactingStream(stream))
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
-    """Log to stderr and, when given, to ``log_file`` (Snakemake's ``log:``)."""
+    """Log to stderr and, when given, to ``log_file`` (Snakemake's ``log:``), secrets redacted in both."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="a"))
-    logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
+    for handler in handlers:
+        handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=handlers, force=True)
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -111,12 +174,14 @@ def package_versions(names=("torch", "transformers", "trl", "accelerate", "datas
 
 
 def redact(text: str) -> str:
-    """Replace the values of secret environment variables in ``text`` by ``***``."""
-    for var in SECRET_ENV_VARS:
-        value = os.environ.get(var)
-        if value:
+    """Replace every secret in ``text`` by ``***``: the values of secret environment variables and of registered
+    secrets, a URL's ``user:password@`` and the value of an HTTP ``Bearer``/``Basic`` credential."""
+    for value in known_secrets():
+        if value in text:
             text = text.replace(value, "***")
-    return text
+    if "@" in text:
+        text = _URL_USERINFO.sub("***@", text)
+    return _AUTH_VALUE.sub(lambda m: f"{m.group(1)}***", text)
 
 
 def redact_url(url: str) -> str:

@@ -198,7 +198,8 @@ def test_score_cli_reports_bad_rows_in_one_line(tmp_path, capsys):
     df.loc[2, "answer"] = "D"  # row 102 has only options A and B
     path = tmp_path / "p.parquet"
     df.to_parquet(path)
-    code = main(["score", "--benchmark", "3DSRBench", "--predictions", str(path), "--out", str(tmp_path / "o")])
+    code = main(["score", "--benchmark", "3DSRBench", "--predictions", str(path), "--reference", str(path),
+                 "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
     assert "answer is not one of the row's options" in err and "index 102" in err

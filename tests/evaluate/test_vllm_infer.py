@@ -28,7 +28,7 @@ def test_engine_arguments_carry_the_inference_settings():
     assert (gpu["dtype"], gpu["tensor_parallel_size"], gpu["gpu_memory_utilization"]) == ("bfloat16", 2, 0.8)
     assert gpu["max_model_len"] == 4096 and gpu["limit_mm_per_prompt"] == {"image": 1, "video": 0}
     assert gpu["generation_config"] == "vllm" and not gpu["enforce_eager"]
-    cpu = engine_kwargs({**settings, "min_pixels": None, "max_model_len": None}, on_cpu=True)
+    cpu = engine_kwargs({**settings, "min_pixels": None, "max_model_len": None, "tensor_parallel_size": 1}, on_cpu=True)
     assert cpu["dtype"] == "float32" and cpu["enforce_eager"]
     assert "mm_processor_kwargs" not in cpu and "max_model_len" not in cpu  # the folder's limits, the model's length
 
@@ -101,7 +101,11 @@ def test_the_infer_rule_passes_the_backend_and_its_settings(repo_root, tmp_path)
     import sys
 
     override = tmp_path / "vllm.yaml"
-    override.write_text("evaluate:\n  backend: vllm\n  vllm:\n    tensor_parallel_size: 2\n    max_model_len: 4096\n")
+    # Tensor parallel needs GPUs (refused on CPU): the inference job asks for 4.
+    override.write_text(
+        "evaluate:\n  backend: vllm\n  vllm:\n    tensor_parallel_size: 2\n    max_model_len: 4096\n"
+        "  resources: {gpus: 4}\n"
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--configfile", "config/demo.yaml", str(override)],
         cwd=repo_root, capture_output=True, text=True, timeout=300,

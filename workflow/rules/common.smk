@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 from spatialreasoner.config import (
     check_config_files,
+    checkpoint_steps,
     load_schema,
     run_order,
     validate_config,
@@ -32,31 +33,9 @@ BENCHMARKS = list(config["evaluate"]["benchmarks"])
 EVAL_MODELS = list(config["evaluate"]["models"])
 
 
-def checkpoint_steps():
-    """Intermediate checkpoints to evaluate, ``{run: [steps]}``, from ``evaluate.checkpoints`` (checked here, so a
-    step without a checkpoint stops the workflow before any job)."""
-    steps = {}
-    for run, spec in (config["evaluate"].get("checkpoints") or {}).items():
-        key = f"config key evaluate.checkpoints.{run}"
-        if run not in config["runs"] or run not in EVAL_MODELS:
-            raise WorkflowError(f"{key}: {run!r} is not an evaluated run; expected one of runs in evaluate.models")
-        cfg = config["runs"][run]
-        save, stop = int(cfg.get("save_steps", 1000)), cfg.get("stop_steps")
-        if spec == "all":
-            if stop is None:
-                raise WorkflowError(f"{key}: 'all' needs runs.{run}.stop_steps; list the steps instead")
-            spec = list(range(save, int(stop), save))
-        bad = [s for s in spec if s % save or (stop is not None and s >= int(stop))]
-        if bad:
-            raise WorkflowError(
-                f"{key}: step(s) {bad} have no intermediate checkpoint; expected multiples of save_steps={save}"
-                + (f" below stop_steps={stop} (the final model is evaluated anyway)" if stop is not None else "")
-            )
-        steps[run] = sorted(set(spec))
-    return steps
-
-
-CHECKPOINT_STEPS = checkpoint_steps()
+# Checked with the rest of the configuration (validate_config), so a step without a checkpoint stopped the workflow
+# before any job.
+CHECKPOINT_STEPS = checkpoint_steps(config)
 # Evaluated intermediate checkpoints are models named "<run>@<step>" (results/checkpoint_models/<run>/step-<step>).
 CHECKPOINT_MODELS = {f"{run}@{step}": (run, step) for run, steps in CHECKPOINT_STEPS.items() for step in steps}
 

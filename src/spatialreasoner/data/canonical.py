@@ -112,6 +112,29 @@ def annotation_files(path: Path, split: str) -> list[Path]:
     return found
 
 
+def read_jsonl_rows(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file, one per non-blank line; DataError naming the file and line of one that
+    is cut or is not an object."""
+    rows = []
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark some editors write is not part of line 1
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"annotation file {path}, line {n}: not valid JSON ({exc.msg} at column {exc.colno}; a line cut "
+                    "by an interrupted download or copy?); expected one JSON object per line"
+                ) from exc
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"annotation file {path}, line {n}: a JSON {type(row).__name__}; expected one JSON object per line"
+                )
+            rows.append(row)
+    return rows
+
+
 def read_annotations(files: list[Path]):
     import pandas as pd
 
@@ -121,9 +144,11 @@ def read_annotations(files: list[Path]):
             if f.suffix == ".parquet":
                 frames.append(pd.read_parquet(f))
             elif f.suffix == ".jsonl":
-                frames.append(pd.read_json(f, lines=True, dtype=False))
+                frames.append(pd.DataFrame(read_jsonl_rows(f)))
             else:
                 frames.append(pd.DataFrame(json.loads(f.read_text())))
+        except DataError:
+            raise
         except Exception as exc:
             raise DataError(f"annotation file {f} cannot be read: {exc}") from exc
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]

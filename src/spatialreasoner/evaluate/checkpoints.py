@@ -74,7 +74,7 @@ def checkpoint_table(
         num, den = units.numerators(hits["hit"].to_numpy(dtype=float), circular=bench == SRB)
         main = METRIC[bench]
         value, samples = column_samples(units, num, den, counts)["overall" if bench == SRB else CVB_POOLED]
-        est = intervals.estimate(value, samples)
+        est = intervals.estimate(value, samples, units=intervals.unit_count(den))
         records.append(
             {"run": run, "step": step, "benchmark": bench, "metric": main, "rows": len(rows),
              "accuracy": round(est.value, 1), "ci_low": round(est.low, 1), "ci_high": round(est.high, 1),

@@ -2,7 +2,8 @@
 
 An accuracy is a ratio over resampled units (questions, or 3DSRBench's circular groups): the sum of the units'
 numerators (hits) over the sum of their denominators (rows). Every model of a benchmark is resampled with the same
-draws, so the difference of two models on the same units gets a paired interval.
+draws, so the difference of two models on the same units gets a paired interval. At 0% or 100% every resample
+gives the same value, so there an accuracy gets the exact (Clopper-Pearson) binomial interval over its units.
 """
 
 from __future__ import annotations
@@ -68,19 +69,45 @@ def ratio_samples(
     return float(100.0 * num.sum() / den.sum()), samples
 
 
-def estimate(value: float, samples: np.ndarray, level: float = LEVEL) -> Estimate:
-    """The point estimate with the percentile interval of its resampled values."""
+def exact_edge_interval(value: float, units: int, level: float = LEVEL) -> tuple[float, float] | None:
+    """The exact (Clopper-Pearson) interval in % of an accuracy of 0% or 100% over ``units`` units, where a
+    bootstrap collapses to the point: 0 of n gives [0, 100 (1 - (alpha/2)^(1/n))] (0 of 10: [0, 30.8]). None for
+    any other value."""
+    if units < 1 or np.isnan(value):
+        return None
+    bound = 100.0 * ((1.0 - level) / 2.0) ** (1.0 / units)
+    if abs(value) < 1e-9:
+        return 0.0, 100.0 - bound
+    if abs(value - 100.0) < 1e-9:
+        return bound, 100.0
+    return None
+
+
+def estimate(value: float, samples: np.ndarray, level: float = LEVEL, *, units: int | None = None) -> Estimate:
+    """The point estimate with the percentile interval of its resampled values; for an accuracy over ``units``
+    units that is 0% or 100%, the exact binomial interval instead (pass ``units`` for accuracies only, not for
+    differences)."""
     if np.isnan(value):
         return Estimate(float("nan"), float("nan"), float("nan"))
+    edge = exact_edge_interval(float(value), units, level) if units else None
+    if edge is not None:
+        return Estimate(float(value), *edge)
     return Estimate(float(value), *_percentiles(np.asarray(samples, dtype=float), level))
+
+
+def unit_count(denominator: np.ndarray, mask: np.ndarray | None = None) -> int:
+    """How many units (with a non-zero denominator) an accuracy averages over."""
+    den = np.asarray(denominator, dtype=float)
+    return int(np.count_nonzero(den if mask is None else den[mask]))
 
 
 def ratio(
     numerator: np.ndarray, denominator: np.ndarray, counts: np.ndarray, mask: np.ndarray | None = None,
     level: float = LEVEL,
 ) -> Estimate:  # fmt: skip
-    """100 x sum(numerator) / sum(denominator) over the units in ``mask``, with its bootstrap interval."""
-    return estimate(*ratio_samples(numerator, denominator, counts, mask), level)
+    """100 x sum(numerator) / sum(denominator) over the units in ``mask``, with its bootstrap interval (the exact
+    binomial one at 0% or 100%)."""
+    return estimate(*ratio_samples(numerator, denominator, counts, mask), level, units=unit_count(denominator, mask))
 
 
 def paired_difference(
@@ -89,4 +116,4 @@ def paired_difference(
 ) -> Estimate:  # fmt: skip
     """Accuracy of A minus accuracy of B on the same units, each resample drawing the same units for both."""
     diff = np.asarray(numerator_a, dtype=float) - np.asarray(numerator_b, dtype=float)
-    return ratio(diff, denominator, counts, mask, level)
+    return estimate(*ratio_samples(diff, denominator, counts, mask), level)  # a difference: no binomial edge

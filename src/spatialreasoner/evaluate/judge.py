@@ -24,7 +24,7 @@ import pandas as pd
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.matcher import NO_MATCH, choices_of, infer_letter, infer_text
 from spatialreasoner.prompts import OPTION_LETTERS, is_present
-from spatialreasoner.utils import atomic_path
+from spatialreasoner.utils import atomic_path, redact, redact_url, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,15 @@ class Judge:
                 f"evaluate.judge: the environment variable {key_env} (evaluate.judge.api_key_env) holds no API key; "
                 "set it (a local server without authentication accepts any value)"
             )
+        from urllib.parse import urlsplit
+
         from openai import OpenAI
 
+        register_secret(key)  # a server may echo it (e.g. in a 401 reply's body): it is redacted everywhere
+        if base_url:
+            register_secret(urlsplit(base_url).password)
         self.model, self.base_url, self.max_tokens = model, base_url, max_tokens
+        self.endpoint = redact_url(base_url) if base_url else "the OpenAI API"
         self.client = OpenAI(api_key=key, base_url=base_url, timeout=timeout)
         self.requests = 0
         self._lock = threading.Lock()
@@ -132,20 +138,56 @@ class Judge:
         import openai
 
         try:
-            response = self.client.chat.completions.create(
+            raw = self.client.chat.completions.with_raw_response.create(
                 model=self.model,
                 messages=[{"role": "user", "content": prompt}],
                 temperature=0,
                 max_tokens=self.max_tokens,
             )
-        except openai.APIError as exc:  # the key never appears in these messages
+        except openai.APIError as exc:  # a server's reply may echo the key: it is redacted (a registered secret)
+            body = getattr(getattr(exc, "response", None), "text", "") or ""
+            sent = f"; it sent {redact(_shown(body))!r}" if body and _shown(body) not in str(exc) else ""
             raise DataError(
-                f"judge {self.model!r} at {self.base_url or 'the OpenAI API'} failed: {type(exc).__name__}: {exc}; "
+                f"judge {self.model!r} at {self.endpoint} failed: {type(exc).__name__}: {redact(str(exc))}{sent}; "
                 "replies received so far are cached, rerun to continue"
             ) from exc
+        reply = self.reply_text(raw.status_code, raw.headers.get("content-type", ""), raw.text)
         with self._lock:
             self.requests += 1
-        return response.choices[0].message.content or ""
+        return reply
+
+    def reply_text(self, status: int, content_type: str, body: str) -> str:
+        """The first choice's message text of a chat completion's body; DataError naming the endpoint and showing
+        what came back when the body is anything else (an HTML page, cut JSON, no choices, no message)."""
+        problem = None
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as exc:
+            data, problem = None, f"not JSON ({exc.msg} at character {exc.pos})"
+        if problem is None:
+            choices = data.get("choices") if isinstance(data, dict) else None
+            message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+            if not isinstance(choices, list) or not choices:
+                problem = "no choices"
+            elif not isinstance(message, dict) or not isinstance(message.get("content", 0), (str, type(None))):
+                problem = "its first choice has no message text"
+            elif "content" not in message:
+                problem = "its first choice's message has no content"
+            else:
+                return message["content"] or ""
+        shown = _shown(body)
+        raise DataError(
+            f"judge {self.model!r} at {self.endpoint} answered HTTP {status} ({content_type or 'no content type'}) "
+            f"with a reply that is not a chat completion: {problem}; it sent {redact(shown)!r}. Check "
+            "evaluate.judge.base_url (an OpenAI-compatible endpoint ending in /v1); replies received so far are "
+            "cached, rerun to continue"
+        )
+
+
+def _shown(body: str, limit: int = 300) -> str:
+    """A server's reply body on one line, cut to ``limit`` characters."""
+    text = " ".join(body.split())
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 class LazyJudge:

@@ -440,8 +440,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference",
         default=None,
-        help="benchmark TSV: its indices must be covered exactly, and every benchmark column (question, options, "
-        "answer, category, qid) is taken from it and must agree with the predictions file's",
+        help="benchmark TSV (required unless --random-seed): its indices must be covered exactly, and every "
+        "benchmark column (question, options, answer, category, qid) is taken from it and must agree with the "
+        "predictions file's",
     )
     parser.add_argument(
         "--random-seed",
@@ -452,6 +453,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.reference is None and args.random_seed is None:
+        from spatialreasoner.errors import ConfigError
+
+        raise ConfigError(
+            "--reference (the benchmark TSV) is required: without it the predictions file's own answers, options "
+            "and categories would be trusted, so edited or misaligned predictions could score 100%"
+        )
     summary = score_file(
         args.predictions,
         args.benchmark,

@@ -226,6 +226,11 @@ def column_samples(
     return {col: out[col] for col in TABLE_COLUMNS[units.benchmark]}
 
 
+def column_units(units: Units, den: np.ndarray) -> dict[str, int]:
+    """The units each accuracy column averages over (for the exact interval at 0% and 100%)."""
+    return {col: intervals.unit_count(den, mask) for col, mask in units.masks().items()}
+
+
 @dataclass
 class ModelScores:
     """One model (or the chance row) on one benchmark: per-row hit values and the replies without an answer."""
@@ -248,8 +253,9 @@ def table_frame(units: Units, models: Sequence[ModelScores], counts: np.ndarray,
         if units.benchmark == SRB:
             record["groups"] = units.n
         record["unmatched (%)"] = round(model.unmatched, 1) if model.unmatched is not None else math.nan
+        n_units = column_units(units, den)
         for col, (value, resampled) in cols.items():
-            est = intervals.estimate(value, resampled)
+            est = intervals.estimate(value, resampled, units=n_units.get(col, units.n))
             for name, v in zip(interval_columns(col), (est.value, est.low, est.high), strict=True):
                 record[name] = round(v, 1) if not math.isnan(v) else math.nan
         record |= dict(zip(PROVENANCE_COLUMNS, (model.protocol, model.judged), strict=True))
@@ -290,7 +296,7 @@ def summary_markdown(
     lines = ["# Results vs. the paper", ""]
     lines.append(
         f"Accuracy in %, with 95% bootstrap intervals in brackets ({resamples} resamples of the questions, 3DSRBench "
-        f"by circular group; seed {seed}). 3DSRBench: circular accuracy (a question group counts only if all its "
+        f"by circular group; seed {seed}; at 0% or 100% the exact binomial interval). 3DSRBench: circular accuracy (a question group counts only if all its "
         "rotations are right); CV-Bench-3D: over all questions (pooled) and the mean of its two categories. "
         f"`{CHANCE}` is the expected accuracy of a uniform guess among each row's options. `(paper)` is the "
         "published number, `(diff)` = ours - paper. Full tables: the CSV files next to this summary."

@@ -507,4 +507,13 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         json_path, md_path = write_report(report, args.out)
         print(f"wrote {json_path} and {md_path}")
+    check_something_ran(report["rows"])
     return 0
+
+
+def check_something_ran(rows: list[dict]) -> None:
+    """A check whose every stage was skipped measured nothing: an error saying why each was skipped."""
+    stages = [r for r in rows if r.get("stage") != "build model"]
+    if stages and all(r.get("status") == "skipped" for r in stages):
+        reasons = "; ".join(f"{r['stage']} ({r['variant']}): {r.get('reason')}" for r in stages)
+        raise SpatialReasonerError(f"no stage ran, every selected stage was skipped: {reasons}")

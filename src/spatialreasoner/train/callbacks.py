@@ -7,9 +7,12 @@ and the next step boundary saves a checkpoint and ends training, so a rerun resu
 from __future__ import annotations
 
 import logging
+import math
 import signal
 
 from transformers import TrainerCallback
+
+from spatialreasoner.errors import SpatialReasonerError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,41 @@ class LogMetricsCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
             log.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
+
+
+class TrainingDiverged(SpatialReasonerError):
+    """The loss or gradient norm stopped being finite: the weights diverged, so no final model may be written."""
+
+
+#: Logged metrics that must stay finite; the Trainer logs them after every rank's values were gathered, so every rank
+#: sees the same numbers and stops at the same step.
+FINITE_METRICS = ("loss", "grad_norm")
+
+
+class FiniteMetricsCallback(TrainerCallback):
+    """Stop training with :class:`TrainingDiverged` at the first logged step whose loss or gradient norm is NaN or
+    infinite. The Trainer logs before it saves, so no checkpoint is written from the diverged step.
+
+    Needs ``logging_nan_inf_filter=False`` (the Trainer otherwise replaces a non-finite loss by the running mean)."""
+
+    def __init__(self, run_name: str):
+        self.run_name = run_name
+        self.last_finite_step = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {k: v for k, v in (logs or {}).items() if k in FINITE_METRICS and isinstance(v, (int, float))
+               and not math.isfinite(v)}  # fmt: skip
+        if bad:
+            shown = ", ".join(f"{k} {v}" for k, v in bad.items())
+            since = "" if self.last_finite_step + 1 >= state.global_step else (
+                f" (logged over steps {self.last_finite_step + 1}-{state.global_step})")  # fmt: skip
+            raise TrainingDiverged(
+                f"run {self.run_name}: {shown} at step {state.global_step}{since}: training diverged and stopped; "
+                f"no final model written. Checkpoints up to step {self.last_finite_step} came before it; lower "
+                "learning_rate or max_grad_norm, or check the data, and remove the working folder to start afresh"
+            )
+        if any(k in (logs or {}) for k in FINITE_METRICS):
+            self.last_finite_step = state.global_step
 
 
 class StopAtStepCallback(TrainerCallback):

@@ -127,6 +127,8 @@ def training_kwargs(cfg: Mapping, workdir: Path, max_steps: int, seed: int, run_
         "seed": int(seed),
         "dataloader_num_workers": int(cfg["dataloader_num_workers"]),
         "disable_tqdm": False,
+        # A NaN/inf loss is logged as it is (not replaced by the running mean), so FiniteMetricsCallback sees it.
+        "logging_nan_inf_filter": False,
     }
     if cfg["gradient_checkpointing"]:
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
@@ -188,12 +190,29 @@ _NOT_MODEL_FILES = {"optimizer.pt", "scheduler.pt", "training_args.bin", "latest
                     "zero_to_torch.py"}  # fmt: skip
 
 
+def check_finite_weights(folder: Path) -> None:
+    """Every floating-point tensor of the folder's safetensors files is finite (one tensor in memory at a time)."""
+    import torch
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                tensor = f.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise DataError(
+                        f"checkpoint {folder}: weight {name} in {file.name} is not finite (NaN or inf): training "
+                        "diverged, so no final model is written from it"
+                    )
+
+
 def export_final_model(checkpoint: Path, out: Path, run_json: Mapping) -> Path:
     """Write the final model folder atomically from the last checkpoint: weights, processor, chat template,
     ``trainer_state.json`` and ``run.json``. Nothing is downloaded; the folder is complete or absent."""
     from spatialreasoner.modeling import check_model_dir, with_weight_hashes
 
     checkpoint, out = Path(checkpoint), Path(out)
+    check_finite_weights(checkpoint)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         for f in checkpoint.iterdir():

@@ -381,11 +381,11 @@ def log_from_main_process_only(process_index: int, num_processes: int) -> None:
 
     if num_processes <= 1 or process_index == 0:
         return
-    from spatialreasoner.utils import LOG_FORMAT
+    from spatialreasoner.utils import LOG_FORMAT, RedactingFormatter
 
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     for handler in root.handlers:
         # Libraries set their own loggers' levels (transformers' `set_verbosity_info`): filter at the handlers.
         handler.setLevel(logging.WARNING)
-        handler.setFormatter(logging.Formatter(f"[rank {process_index}] {LOG_FORMAT}"))
+        handler.setFormatter(RedactingFormatter(f"[rank {process_index}] {LOG_FORMAT}"))

@@ -135,6 +135,30 @@ def _comparable_config(cfg: Mapping, init: Path, data: Path) -> dict:
     return json.loads(json.dumps(comparable, default=str))
 
 
+def _resume_decision(state, workdir: Path, comparable: Mapping, layout: Mapping):
+    """(checkpoint to resume or None, changed config keys, layout conflict or None, whether to set the working folder
+    aside, ZeRO layout conflict or None), decided by rank 0 alone and broadcast: every rank then acts on the same answer, even if rank 0 has
+    already moved the folder by the time a slower rank would have looked at it."""
+    decision = [None]
+    if state.is_main_process:
+        resume = last_checkpoint(workdir)
+        changed = _config_changes(workdir, comparable)
+        conflict = None if changed else _layout_conflict(workdir, resume, layout)
+        stale = bool(changed) and workdir.exists()
+        # ZeRO-3 shards resume only under the same ZeRO layout (stage and process count).
+        sharded = None
+        record_file = workdir / "schedule.json"
+        if not changed and resume is not None and record_file.is_file():
+            sharded = zero_conflict(json.loads(record_file.read_text()), layout)
+        decision = [(None if stale or resume is None else str(resume), changed, conflict, stale, sharded)]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(decision, from_process=0)
+    resume, changed, conflict, stale, sharded = decision[0]
+    return (Path(resume) if resume else None), list(changed), conflict, stale, sharded
+
+
 def _set_aside_stale_checkpoints(workdir: Path, changed: list[str]) -> Path:
     """Move a working folder made with another run config out of the way, so that training starts afresh."""
     stale = workdir.with_name(f"{workdir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -161,9 +185,15 @@ def train(
     from accelerate import PartialState
     from transformers import set_seed
 
+    from spatialreasoner.config import check_finite_numbers
     from spatialreasoner.modeling import check_model_dir, load_processor
     from spatialreasoner.train import grpo, sft
-    from spatialreasoner.train.callbacks import LogMetricsCallback, SignalCheckpointCallback, StopAtStepCallback
+    from spatialreasoner.train.callbacks import (
+        FiniteMetricsCallback,
+        LogMetricsCallback,
+        SignalCheckpointCallback,
+        StopAtStepCallback,
+    )
     from spatialreasoner.train.common import (
         export_final_model,
         on_gpu,
@@ -175,6 +205,7 @@ def train(
     from spatialreasoner.train.schedule import batch_layout, full_schedule_steps, warmup_steps
 
     cfg = resolve_run_config(run_cfg)
+    check_finite_numbers(dict(run_cfg), ("runs", run_name))  # before anything is read, moved or written
     check_model_dir(init)
     workdir, out = Path(workdir), Path(out)
     # On CPU the processes `accelerate launch` starts join a gloo group only when told to use the CPU.
@@ -235,16 +266,9 @@ def train(
     # Resuming checkpoints made with another config (learning rate, schedule, data...) would silently mix two
     # runs, so they are set aside. Every rank reads the old record before the main process replaces it.
     comparable = _comparable_config(cfg, init, data)
-    resume = last_checkpoint(workdir)
-    changed = _config_changes(workdir, comparable)
     layout = batch_layout(cfg["per_device_train_batch_size"], num_processes, cfg["gradient_accumulation_steps"], total)
     layout["zero_stage"] = zero["zero_stage"] if zero else None
-    conflict = None if changed else _layout_conflict(workdir, resume, layout)
-    record_file = workdir / "schedule.json"
-    sharded = None
-    if not changed and resume is not None and record_file.is_file():
-        sharded = zero_conflict(json.loads(record_file.read_text()), layout)
-    state.wait_for_everyone()
+    resume, changed, conflict, stale, sharded = _resume_decision(state, workdir, comparable, layout)
     if sharded and not conflict:
         aside = workdir.with_name(f"{workdir.name}.weights-only")
         raise ConfigError(
@@ -264,11 +288,10 @@ def train(
             f"with a fresh optimizer and the new schedule: move {workdir} aside (e.g. `mv {workdir} {aside}`) and "
             f"run this job's command with --init {aside / resume.name}"
         )
-    if changed and workdir.exists():
+    if stale:
         if state.is_main_process:
             _set_aside_stale_checkpoints(workdir, changed)
         state.wait_for_everyone()
-        resume = None
     if state.is_main_process:
         from spatialreasoner.utils import write_json_atomic
 
@@ -287,7 +310,8 @@ def train(
     log.info("image processor: %s", type(processor.image_processor).__name__)
     signal_cb = SignalCheckpointCallback().install()
     try:
-        callbacks = [StopAtStepCallback(stop), signal_cb, LogMetricsCallback(), *extra_callbacks]
+        callbacks = [StopAtStepCallback(stop), signal_cb, LogMetricsCallback(), FiniteMetricsCallback(run_name),
+                     *extra_callbacks]  # fmt: skip
         kwargs = training_kwargs(cfg, workdir, total, seed, run_name)
         if cfg["stage"] == "sft":
             trainer = sft.build_trainer(cfg, kwargs, init, data, processor, callbacks)

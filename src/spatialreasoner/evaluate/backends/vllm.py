@@ -22,10 +22,19 @@ def engine_kwargs(settings: dict, on_cpu: bool) -> dict:
     if dtype == "auto":
         dtype = "float32" if on_cpu else "bfloat16"
     limits = {k: int(settings[k]) for k in ("min_pixels", "max_pixels") if settings.get(k) is not None}
+    tensor_parallel = int(settings.get("tensor_parallel_size") or 1)
+    if on_cpu and tensor_parallel > 1:
+        from spatialreasoner.errors import ConfigError
+
+        # vLLM's CPU engine would stop with an assertion about NUMA nodes, after loading the model.
+        raise ConfigError(
+            f"evaluate.vllm.tensor_parallel_size: {tensor_parallel} on a machine without a GPU; vLLM's CPU engine "
+            "runs one process per NUMA node, so expected tensor_parallel_size 1 on CPU"
+        )
     kwargs = {
         "model": str(settings["model"]),
         "dtype": dtype,
-        "tensor_parallel_size": int(settings.get("tensor_parallel_size") or 1),
+        "tensor_parallel_size": tensor_parallel,
         "gpu_memory_utilization": float(settings.get("gpu_memory_utilization") or 0.9),
         "limit_mm_per_prompt": {"image": 1, "video": 0},
         # Sampling defaults come from the request alone, as in the transformers backend.
