@@ -1,0 +1,82 @@
+"""The journeys researchers take first, each shown by a dry run of the workflow: the paper's tables from the released
+checkpoints alone, one's own checkpoint, the ablations, a selected subset of models and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(cwd, *args, check=True):
+    proc = subprocess.run(
+        [*SNAKEMAKE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def dry_run(cwd, *configfiles, extra=()):
+    """(job counts by rule, outputs of every job, the whole text) of ``snakemake -n --forceall``."""
+    proc = snakemake(cwd, "-n", "--forceall", "--cores", "4", *extra, "--configfile", *map(str, configfiles))
+    text = proc.stdout + proc.stderr
+    counts = {}
+    stats = text.split("Job stats:", 1)[1]
+    for line in stats.splitlines()[3:]:
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    outputs = set()
+    for line in text.splitlines():
+        if line.startswith("    output: "):
+            outputs |= {o.strip() for o in line.removeprefix("    output: ").split(", ")}
+    return counts, outputs, text
+
+
+def test_released_config_plans_no_training_and_fetches_only_the_benchmarks(repo_root):
+    counts, outputs, _ = dry_run(repo_root, "config/released.yaml")
+    config = yaml.safe_load((repo_root / "config/released.yaml").read_text())
+    assert counts.get("train", 0) == 0, counts
+    assert counts["infer"] == 8, counts
+    assert counts["snapshot_model"] == 4, counts
+    # no training data: neither the image tars nor the annotation repositories
+    assert counts["fetch"] == 2, counts
+    assert "snapshot_dataset" not in counts and "canonicalize" not in counts and "extract_images" not in counts
+    fetched = {o for o in outputs if o.startswith("resources/downloads/")}
+    paper = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    want = {f"resources/downloads/{paper['benchmarks'][b]['source']}" for b in paper["evaluate"]["benchmarks"]}
+    assert fetched == want, fetched
+    released = [m for m in paper["evaluate"]["models"] if m in paper["released"]]
+    assert sorted(config["evaluate"]["models"]) == sorted(released)
+    for model in released:
+        for bench in paper["evaluate"]["benchmarks"]:
+            assert f"results/predictions/{model}/{bench}.parquet" in outputs
+    for target in ("results/tables/3DSRBench.csv", "results/tables/CV-Bench-3D.csv", "results/tables/summary.md",
+                   "results/plots/3DSRBench.png", "results/report/report.html"):  # fmt: skip
+        assert target in outputs, target
+
+
+def test_released_config_evaluates_as_the_paper_config_does(repo_root):
+    """The same released models, prompts, decoding and published numbers as config/config.yaml."""
+    released = yaml.safe_load((repo_root / "config/released.yaml").read_text())
+    paper = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    assert released["released"] == paper["released"]
+    assert released["paper"] == paper["paper"]
+    assert released["prompts"]["system"] == paper["prompts"]["system"]
+    for model, spec in released["evaluate"]["models"].items():
+        assert spec == paper["evaluate"]["models"][model], model
+    for key, value in paper["evaluate"].items():
+        if key != "models":
+            assert released["evaluate"][key] == value, key
