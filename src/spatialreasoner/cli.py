@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("spatialreasoner.synth.generate", "generate the SynthSpatial dataset in the real file formats"),
     "fetch": ("spatialreasoner.data.fetch", "download one file by URL, verified by sha256"),
     "snapshot": ("spatialreasoner.data.snapshot", "download a Hugging Face Hub repository at a pinned revision"),
+    "link-model": ("spatialreasoner.data.local_model", "use a local model folder (one's own checkpoint) as a model"),
     "extract": ("spatialreasoner.data.extract", "extract an image tar safely"),
     "canonicalize": ("spatialreasoner.data.canonical", "convert annotations into a canonical training table"),
     "prepare-benchmark": ("spatialreasoner.data.benchmarks", "validate a VLMEvalKit benchmark TSV"),

@@ -70,7 +70,7 @@ def _describe(error) -> str:
         return (
             f"config key {where}: {json.dumps(error.instance, default=str)[:200]} matches none of the allowed forms "
             "(a url source {url, sha256, size}, a repo source {repo, repo_type, revision}, a path source {path}; "
-            "released models: {repo, revision} or {tiny: {...}})"
+            "released models: {repo, revision}, {tiny: {...}} or {path: DIR})"
         )
     return f"config key {where}: {error.message}"
 
@@ -302,6 +302,46 @@ def check_image_columns(config: Mapping) -> None:
             seen[column] = image_set
 
 
+#: Folders the workflow itself writes models into: a ``path:`` model there would be read while it is written.
+WORKFLOW_MODEL_FOLDERS = ("results/models", "results/checkpoints", "results/checkpoint_models", "resources/models")
+
+
+def check_local_models(config: Mapping, workdir: str | Path = ".") -> None:
+    """Every ``released.<name>.path`` is a complete model folder outside the workflow's own model folders.
+
+    Checked when the configuration is read (before any job): the folder exists, holds a model config, readable
+    weights (safetensors as long as their headers say), a tokenizer and an image processor. Relative paths are
+    relative to ``workdir`` (Snakemake's working directory).
+    """
+    from spatialreasoner.errors import DataError
+    from spatialreasoner.modeling import check_model_dir
+
+    workdir = Path(workdir).resolve()
+    for name, spec in (config.get("released") or {}).items():
+        if "path" not in spec:
+            continue
+        key = f"config key released.{name}.path"
+        folder = (workdir / Path(spec["path"]).expanduser()).resolve()
+        if not folder.exists():
+            raise ConfigError(f"{key}: model folder {folder} does not exist; expected a folder holding a model")
+        if not folder.is_dir():
+            raise ConfigError(f"{key}: {folder} is a file; expected a folder holding a model (config.json, weights, "
+                              "tokenizer and processor files)")  # fmt: skip
+        for inner in WORKFLOW_MODEL_FOLDERS:
+            own = workdir / inner
+            if folder == own or own in folder.parents:
+                run = folder.relative_to(own).parts[0] if folder != own else ""
+                hint = f"; name the run {run!r} in evaluate.models instead" if run in (config.get("runs") or {}) else ""
+                raise ConfigError(
+                    f"{key}: {folder} is inside {inner}/, which the workflow writes itself (a training output or a "
+                    f"model folder it makes); expected a folder of your own{hint}"
+                )
+        try:
+            check_model_dir(folder, verify=False)
+        except DataError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+
 def check_semantics(config: Mapping) -> None:
     """Cross-references the schema cannot express; raise ConfigError naming the key."""
     sources = config.get("sources", {})
@@ -309,6 +349,7 @@ def check_semantics(config: Mapping) -> None:
     if overlap:
         raise ConfigError(f"config keys released and runs both define {sorted(overlap)}; a model name must be unique")
     run_order(config)
+    check_local_models(config)
 
     def need_source(key: str, name: str, kind: str | None = None) -> None:
         if name not in sources:
@@ -370,12 +411,44 @@ def check_semantics(config: Mapping) -> None:
                 )
 
 
+def apply_evaluate_only(config: dict) -> None:
+    """``evaluate.only: {models, benchmarks}`` replaces ``evaluate.models`` / ``evaluate.benchmarks`` by exactly the
+    entries it names (in its order), and drops ``evaluate.checkpoints`` of runs no longer evaluated. Overlays are
+    merged key by key and cannot remove a model; this key can. Unknown names are errors naming the key."""
+    evaluate = config.get("evaluate") or {}
+    only = evaluate.get("only")
+    if not only:
+        return
+    models, benchmarks = evaluate.get("models", {}), evaluate.get("benchmarks", [])
+    for i, name in enumerate(only.get("models") or []):
+        if name not in models:
+            known = "a released model or a run: add it under evaluate.models too" if name in model_names(config) else (
+                "not a released model or a run either")  # fmt: skip
+            raise ConfigError(
+                f"config key evaluate.only.models[{i}]: {name!r} is not in evaluate.models ({known}); expected one "
+                f"of {list(models)}"
+            )
+    for i, bench in enumerate(only.get("benchmarks") or []):
+        if bench not in benchmarks:
+            raise ConfigError(
+                f"config key evaluate.only.benchmarks[{i}]: {bench!r} is not in evaluate.benchmarks; expected one of "
+                f"{benchmarks}"
+            )
+    if only.get("models"):
+        evaluate["models"] = {name: models[name] for name in only["models"]}
+        checkpoints = evaluate.get("checkpoints") or {}
+        evaluate["checkpoints"] = {run: steps for run, steps in checkpoints.items() if run in evaluate["models"]}
+    if only.get("benchmarks"):
+        evaluate["benchmarks"] = list(only["benchmarks"])
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Schema (with defaults) then cross-reference checks; returns the same, completed, dict."""
     if not isinstance(config, dict):
         raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
     validate_schema(config, schema)
     check_semantics(config)
+    apply_evaluate_only(config)
     return config
 
 

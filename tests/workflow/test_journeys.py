@@ -80,3 +80,51 @@ def test_released_config_evaluates_as_the_paper_config_does(repo_root):
     for key, value in paper["evaluate"].items():
         if key != "models":
             assert released["evaluate"][key] == value, key
+
+
+# ---------------------------------------------------------------- evaluate.only
+
+
+def write_overlay(tmp_path, content: dict, name="overlay.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def test_evaluate_only_replaces_the_merged_models_and_benchmarks(repo_root, tmp_path):
+    only = {"models": ["ccvl-SpatialReasoner", "Qwen2.5-VL-7B-Instruct"], "benchmarks": ["CV-Bench-3D"]}
+    overlay = write_overlay(tmp_path, {"evaluate": {"only": only}})
+    counts, outputs, _ = dry_run(repo_root, repo_root / "config/config.yaml", overlay)
+    predicted = {o for o in outputs if o.startswith("results/predictions/") and o.endswith(".parquet")}
+    assert predicted == {f"results/predictions/{m}/CV-Bench-3D.parquet" for m in only["models"]}
+    assert counts.get("train", 0) == 0 and "canonicalize" not in counts, counts
+    assert "results/tables/3DSRBench.csv" not in outputs and "results/tables/CV-Bench-3D.csv" in outputs
+
+
+def test_evaluate_only_keeps_its_order_in_the_resolved_config(repo_root, tmp_path):
+    from spatialreasoner.config import load_config
+
+    only = ["SpatialReasoner", "ccvl-SpatialReasoner"]
+    overlay = write_overlay(tmp_path, {"evaluate": {"only": {"models": only}}})
+    config = load_config(repo_root / "config/config.yaml", overlay)
+    assert list(config["evaluate"]["models"]) == only
+    assert config["evaluate"]["benchmarks"] == ["3DSRBench", "CV-Bench-3D"]
+
+
+def test_evaluate_only_refuses_unknown_names(repo_root, tmp_path):
+    import pytest
+
+    from spatialreasoner.config import load_config
+    from spatialreasoner.errors import ConfigError
+
+    cases = [
+        ({"models": ["ccvl-SpatialReasoner", "SpatialReasonr"]}, r"evaluate\.only\.models\[1\]: 'SpatialReasonr'"),
+        ({"benchmarks": ["CV-Bench-3D", "3DSRBench"]}, r"evaluate\.only\.benchmarks\[1\]: '3DSRBench' is not in"),
+    ]
+    for only, message in cases:
+        released = "config/released.yaml" if "benchmarks" not in only else "config/config.yaml"
+        overlay = write_overlay(tmp_path, {"evaluate": {"only": only}})
+        if "benchmarks" in only:
+            overlay = write_overlay(tmp_path, {"evaluate": {"benchmarks": ["CV-Bench-3D"], "only": only}})
+        with pytest.raises(ConfigError, match=message):
+            load_config(repo_root / released, overlay)

@@ -28,6 +28,7 @@ RUNS = run_order(config)
 RELEASED = list(config["released"])
 TINY_MODELS = [name for name, spec in config["released"].items() if "tiny" in spec]
 HUB_MODELS = [name for name, spec in config["released"].items() if "repo" in spec]
+LOCAL_MODELS = [name for name, spec in config["released"].items() if "path" in spec]
 BENCHMARKS = list(config["evaluate"]["benchmarks"])
 EVAL_MODELS = list(config["evaluate"]["models"])
 
