@@ -128,3 +128,23 @@ def test_evaluate_only_refuses_unknown_names(repo_root, tmp_path):
             overlay = write_overlay(tmp_path, {"evaluate": {"benchmarks": ["CV-Bench-3D"], "only": only}})
         with pytest.raises(ConfigError, match=message):
             load_config(repo_root / released, overlay)
+
+
+# ---------------------------------------------------------------- ablations
+
+
+def test_ablation_runs_are_trained_and_evaluated(repo_root):
+    counts, outputs, text = dry_run(repo_root, "config/config.yaml", "config/ablations.yaml")
+    ablations = yaml.safe_load((repo_root / "config/ablations.yaml").read_text())
+    paper = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    assert counts["train"] == len(paper["runs"]) + len(ablations["runs"]), counts
+    for run in ablations["runs"]:
+        assert f"results/models/{run}" in outputs, run
+        assert run in ablations["evaluate"]["models"], run
+        for bench in paper["evaluate"]["benchmarks"]:
+            assert f"results/predictions/{run}/{bench}.parquet" in outputs, (run, bench)
+            assert f"results/scores/{run}/{bench}/hits.csv" in outputs, (run, bench)
+            # a row of the benchmark's table
+            assert f"--score {bench}:{run}=results/scores/{run}/{bench}" in text, (run, bench)
+    models = len(paper["evaluate"]["models"]) + len(ablations["evaluate"]["models"])
+    assert counts["infer"] == models * len(paper["evaluate"]["benchmarks"]), counts
