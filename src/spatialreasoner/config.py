@@ -10,6 +10,7 @@ import argparse
 import copy
 import json
 import re
+import sys
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
@@ -411,6 +412,62 @@ def check_semantics(config: Mapping) -> None:
                 )
 
 
+def _batch_layout(run: Mapping) -> tuple[int, int, int]:
+    """(per-device batch, training processes over all nodes, gradient accumulation) of a run."""
+    from spatialreasoner.train.launch import training_processes
+
+    nodes = int((run.get("resources") or {}).get("nodes", 1) or 1)
+    processes = max(1, training_processes(run)) * nodes
+    return int(run.get("per_device_train_batch_size", 1)), processes, int(run.get("gradient_accumulation_steps", 1))
+
+
+def resolve_global_batch(config: dict) -> None:
+    """A run's ``global_batch_size`` is kept whatever its GPUs: ``gradient_accumulation_steps`` is set to the global
+    batch / (per-device batch x training processes), or the run is refused naming both numbers when that does not
+    divide. Runs without it keep their own accumulation (their global batch then follows the GPUs)."""
+    for name, run in (config.get("runs") or {}).items():
+        target = run.get("global_batch_size")
+        if target is None:
+            continue
+        per_device, processes, accumulation = _batch_layout(run)
+        per_step = per_device * processes
+        unit = "completions" if run.get("stage") == "grpo" else "samples"
+        key = f"config key runs.{name}.global_batch_size"
+        if target % per_step:
+            raise ConfigError(
+                f"{key}: the recipe's global batch of {target} {unit} cannot be kept: "
+                f"per_device_train_batch_size {per_device} x {processes} training process(es) makes {per_step} per "
+                f"accumulation step, and no gradient accumulation turns {per_step} into {target}; expected a "
+                f"per_device_train_batch_size dividing {target}/{processes} or, to train with another global batch, "
+                f"runs.{name}.global_batch_size set to a multiple of {per_step} (e.g. {per_step})"
+            )
+        derived = target // per_step
+        if accumulation not in (1, derived):
+            raise ConfigError(
+                f"{key}: {target} {unit} needs gradient_accumulation_steps {derived} with {per_step} per step, but "
+                f"runs.{name}.gradient_accumulation_steps is {accumulation}; expected one of the two keys only"
+            )
+        run["gradient_accumulation_steps"] = derived
+
+
+def global_batch_lines(config: Mapping) -> list[str]:
+    """One line per run stating its effective global batch and how it is made (shown by validate-config and at
+    workflow start)."""
+    lines = []
+    for name, run in (config.get("runs") or {}).items():
+        per_device, processes, accumulation = _batch_layout(run)
+        total = per_device * processes * accumulation
+        how = f"{per_device} per device x {processes} training process(es) x {accumulation} accumulation step(s)"
+        if run.get("stage") == "grpo":
+            generations = int(run.get("num_generations", 4))
+            what = f"{total} completions ({total / generations:g} prompts x {generations} generations)"
+        else:
+            what = f"{total} samples"
+        kept = f" (kept by runs.{name}.global_batch_size)" if run.get("global_batch_size") is not None else ""
+        lines.append(f"run {name}: global batch {what} per optimizer step = {how}{kept}")
+    return lines
+
+
 def apply_evaluate_only(config: dict) -> None:
     """``evaluate.only: {models, benchmarks}`` replaces ``evaluate.models`` / ``evaluate.benchmarks`` by exactly the
     entries it names (in its order), and drops ``evaluate.checkpoints`` of runs no longer evaluated. Overlays are
@@ -447,6 +504,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     if not isinstance(config, dict):
         raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
     validate_schema(config, schema)
+    resolve_global_batch(config)
     check_semantics(config)
     apply_evaluate_only(config)
     return config
@@ -540,3 +598,5 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     config = load_config(*args.configfile)
     print(yaml.safe_dump(config, sort_keys=False, width=120))
+    for line in global_batch_lines(config):
+        print(line, file=sys.stderr)

@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from spatialreasoner.config import (
     check_config_files,
+    global_batch_lines,
     load_schema,
     run_order,
     validate_config,
@@ -24,6 +26,9 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"Invalid configuration (see config/README.md):\n{exc}") from None
 
+# Each run's effective global batch, in the dry run's and every run's log.
+for _line in global_batch_lines(config):
+    logger.info(_line)
 RUNS = run_order(config)
 RELEASED = list(config["released"])
 TINY_MODELS = [name for name, spec in config["released"].items() if "tiny" in spec]
