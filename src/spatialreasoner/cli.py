@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from spatialreasoner.errors import SpatialReasonerError
 from spatialreasoner.utils import redact, setup_logging
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpatialReasonerError as exc:
         logging.getLogger("spatialreasoner").error("%s: %s", args.command, redact(str(exc)))
         return 2
+    except Exception:
+        # An unexpected error (CUDA OOM, an import error, NCCL): its traceback goes to the rule's --log file too,
+        # which on a cluster is where a person looks; the exit status stays that of an uncaught exception.
+        logging.getLogger("spatialreasoner").error("%s failed:\n%s", args.command, redact(traceback.format_exc()))
+        return 1
     return int(result or 0)
 
 

@@ -114,7 +114,8 @@ def test_link_folder_reads_as_the_source_and_refuses_a_changed_source(own_model,
 def journey_config(repo_root, own_model) -> dict:
     """The demo's tiny model next to a copy of it given by path, on small synthetic benchmarks, nothing trained."""
     demo = yaml.safe_load((repo_root / "config/demo.yaml").read_text())
-    benches = ("3dsrbench_v1_vlmevalkit_circular.tsv", "CV-Bench-3D.tsv")
+    # one small benchmark keeps the run short; every table has a row per model whatever the benchmark
+    benches = ("CV-Bench-3D.tsv",)
     return {
         "seed": demo["seed"],
         "vision": demo["vision"],
@@ -128,11 +129,11 @@ def journey_config(repo_root, own_model) -> dict:
         "sources": {name: demo["sources"][name] for name in benches},
         "images": {},
         "datasets": {},
-        "benchmarks": demo["benchmarks"],
+        "benchmarks": {"CV-Bench-3D": demo["benchmarks"]["CV-Bench-3D"]},
         "released": {"tiny-Qwen2.5-VL": demo["released"]["tiny-Qwen2.5-VL"], "mine": {"path": str(own_model)}},
         "runs": {},
         "evaluate": {
-            "benchmarks": demo["evaluate"]["benchmarks"],
+            "benchmarks": ["CV-Bench-3D"],
             "models": {"tiny-Qwen2.5-VL": {"system_prompt": False}, "mine": {"system_prompt": False}},
             "protocol": "full_text",
             "max_new_tokens": 24,
@@ -171,7 +172,7 @@ def own_model_run(tmp_path_factory, copy_checkout, tiny_model_dir, repo_root):
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    targets = ["results/tables/3DSRBench.csv", "results/tables/CV-Bench-3D.csv", "results/tables/summary.md"]
+    targets = ["results/tables/CV-Bench-3D.csv", "results/tables/summary.md"]
     cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", "config/own.yaml"]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
@@ -179,12 +180,13 @@ def own_model_run(tmp_path_factory, copy_checkout, tiny_model_dir, repo_root):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_a_copy_given_by_path_scores_as_the_original(own_model_run):
     work, own = own_model_run
     # the workflow's tiny model and the copied folder are the same model, so their rows must agree exactly
     assert weight_hashes(work / "resources/models/tiny-Qwen2.5-VL") == weight_hashes(own)
     assert (work / "resources/models/mine/model.safetensors").resolve() == (own / "model.safetensors").resolve()
-    for bench in ("3DSRBench", "CV-Bench-3D"):
+    for bench in ("CV-Bench-3D",):
         ours = pd.read_parquet(work / f"results/predictions/mine/{bench}.parquet")
         orig = pd.read_parquet(work / f"results/predictions/tiny-Qwen2.5-VL/{bench}.parquet")
         assert len(ours) == len(orig) > 0
