@@ -148,3 +148,32 @@ def test_ablation_runs_are_trained_and_evaluated(repo_root):
             assert f"--score {bench}:{run}=results/scores/{run}/{bench}" in text, (run, bench)
     models = len(paper["evaluate"]["models"]) + len(ablations["evaluate"]["models"])
     assert counts["infer"] == models * len(paper["evaluate"]["benchmarks"]), counts
+
+
+# ---------------------------------------------------------------- cluster conventions: localrules
+
+
+def localrules_line(text: str) -> list[str]:
+    for line in text.splitlines():
+        if line.startswith("localrules (run by Snakemake itself, never submitted): "):
+            return line.split(": ", 1)[1].split(", ")
+    return []
+
+
+def test_downloads_and_short_rules_are_local_on_a_cluster(repo_root, tmp_path):
+    _, _, text = dry_run(repo_root, "config/released.yaml", extra=("--profile", "profiles/slurm"))
+    local = localrules_line(text)
+    for rule in ("fetch", "snapshot_model", "snapshot_dataset", "score", "tables", "report_html"):
+        assert rule in local, (rule, local)
+    assert "infer" not in local and "train" not in local
+    # a site that forbids work on the login node submits everything
+    overlay = write_overlay(tmp_path, {"local_rules": []})
+    _, _, text = dry_run(repo_root, "config/released.yaml", overlay, extra=("--profile", "profiles/slurm"))
+    assert localrules_line(text) == []
+
+
+def test_an_unknown_local_rule_is_refused(repo_root, tmp_path):
+    overlay = write_overlay(tmp_path, {"local_rules": ["fetch", "fecth"]})
+    proc = snakemake(repo_root, "-n", "--cores", "1", "--configfile", "config/released.yaml", str(overlay), check=False)
+    assert proc.returncode != 0
+    assert "config key local_rules[1]: 'fecth' is not a rule of the workflow" in proc.stdout + proc.stderr

@@ -38,6 +38,18 @@ BENCHMARKS = list(config["evaluate"]["benchmarks"])
 EVAL_MODELS = list(config["evaluate"]["models"])
 
 
+def local_rule_names(workflow):
+    """The rules of ``local_rules``, each checked to be a rule of the workflow."""
+    rules = {rule.name for rule in workflow.rules}
+    for i, name in enumerate(config.get("local_rules", [])):
+        if name not in rules:
+            raise WorkflowError(
+                f"Invalid configuration (see config/README.md):\nconfig key local_rules[{i}]: {name!r} is not a rule "
+                f"of the workflow; expected some of {sorted(rules)}"
+            )
+    return config.get("local_rules", [])
+
+
 def checkpoint_steps():
     """Intermediate checkpoints to evaluate, ``{run: [steps]}``, from ``evaluate.checkpoints`` (checked here, so a
     step without a checkpoint stops the workflow before any job)."""
