@@ -351,6 +351,7 @@ def check_semantics(config: Mapping) -> None:
         raise ConfigError(f"config keys released and runs both define {sorted(overlap)}; a model name must be unique")
     run_order(config)
     check_local_models(config)
+    check_max_runtime(config)
 
     def need_source(key: str, name: str, kind: str | None = None) -> None:
         if name not in sources:
@@ -465,6 +466,47 @@ def global_batch_lines(config: Mapping) -> list[str]:
             what = f"{total} samples"
         kept = f" (kept by runs.{name}.global_batch_size)" if run.get("global_batch_size") is not None else ""
         lines.append(f"run {name}: global batch {what} per optimizer step = {how}{kept}")
+    return lines
+
+
+def attempt_chain(run: Mapping, max_runtime: int | None) -> tuple[int, int]:
+    """(minutes per job, attempts) of a training run under a partition limit of ``max_runtime`` minutes: a run longer
+    than the limit needs ceil(runtime / limit) jobs that each resume from the newest checkpoint, plus one spare (a
+    job stopped early, a failed node); otherwise one job of its own runtime."""
+    runtime = int((run.get("resources") or {}).get("runtime", 1440))
+    if max_runtime is None or runtime <= max_runtime:
+        return runtime, 1
+    return int(max_runtime), -(-runtime // int(max_runtime)) + 1
+
+
+def check_max_runtime(config: Mapping) -> None:
+    """A partition limit must leave a training job time to work before SLURM's stop warning."""
+    from spatialreasoner.train.launch import stop_signal_lead
+
+    limit = config.get("max_runtime")
+    if limit is None:
+        return
+    for name, run in (config.get("runs") or {}).items():
+        lead = stop_signal_lead(run)
+        if attempt_chain(run, limit)[1] > 1 and lead >= 60 * limit:
+            raise ConfigError(
+                f"config key max_runtime: {limit} min is within the {lead} s before the time limit at which SLURM "
+                f"tells run {name}'s job to save and stop, so each job of its chain would stop as it starts; expected "
+                f"max_runtime > {lead / 60:g} min or a smaller runs.{name}.shutdown_timeout"
+            )
+
+
+def attempt_chain_lines(config: Mapping) -> list[str]:
+    """One line per training run that a partition limit (``max_runtime``) turns into a chain of jobs."""
+    lines = []
+    for name, run in (config.get("runs") or {}).items():
+        minutes, attempts = attempt_chain(run, config.get("max_runtime"))
+        if attempts > 1:
+            lines.append(
+                f"run {name}: runtime {run['resources']['runtime']} min > max_runtime {minutes} min: up to "
+                f"{attempts} jobs of {minutes} min ({attempts - 1} to finish + 1 spare), each resuming from the "
+                "newest checkpoint"
+            )
     return lines
 
 

@@ -177,3 +177,41 @@ def test_an_unknown_local_rule_is_refused(repo_root, tmp_path):
     proc = snakemake(repo_root, "-n", "--cores", "1", "--configfile", "config/released.yaml", str(overlay), check=False)
     assert proc.returncode != 0
     assert "config key local_rules[1]: 'fecth' is not a rule of the workflow" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- cluster conventions: partition time limits
+
+
+def test_a_partition_limit_turns_long_training_into_a_chain_of_resuming_jobs(repo_root):
+    _, _, text = dry_run(repo_root, "config/config.yaml", extra=("--config", "max_runtime=1440"))
+    paper = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+    longest = 0
+    for run, spec in paper["runs"].items():
+        runtime = spec["resources"]["runtime"]
+        attempts = -(-runtime // 1440) + 1
+        longest = max(longest, attempts)
+        assert (
+            f"run {run}: runtime {runtime} min > max_runtime 1440 min: up to {attempts} jobs of 1440 min "
+            f"({attempts - 1} to finish + 1 spare), each resuming from the newest checkpoint" in text
+        ), text[:3000]
+    assert f"rule train: retries {longest - 1}" in text
+    train_resources = re.findall(r"^rule train:\n(?:    .*\n)*?    resources: (.*)$", text, flags=re.M)
+    assert len(train_resources) == len(paper["runs"])
+    for resources in train_resources:
+        assert ", runtime=1440," in resources, resources
+    # without a limit each run asks for its own runtime and the profile's retries apply
+    _, _, text = dry_run(repo_root, "config/config.yaml")
+    assert "> max_runtime" not in text and "rule train: retries" not in text
+
+
+def test_a_limit_within_the_stop_warning_is_refused(repo_root, tmp_path):
+    from spatialreasoner.config import load_config
+    from spatialreasoner.errors import ConfigError
+
+    overlay = write_overlay(tmp_path, {"max_runtime": 10})
+    try:
+        load_config(repo_root / "config/config.yaml", overlay)
+    except ConfigError as exc:
+        assert "config key max_runtime: 10 min is within the 600 s before the time limit" in str(exc), exc
+    else:
+        raise AssertionError("max_runtime 10 was accepted")

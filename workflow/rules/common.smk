@@ -9,6 +9,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from spatialreasoner.config import (
+    attempt_chain,
+    attempt_chain_lines,
     check_config_files,
     global_batch_lines,
     load_schema,
@@ -29,6 +31,14 @@ except ConfigError as exc:
 # Each run's effective global batch, in the dry run's and every run's log.
 for _line in global_batch_lines(config):
     logger.info(_line)
+# A partition limit (max_runtime) shorter than a run turns its training job into a chain of resuming attempts: each
+# job asks for at most max_runtime, and the train rule gets enough retries for the longest chain.
+for _line in attempt_chain_lines(config):
+    logger.info(_line)
+TRAIN_ATTEMPTS = max([attempt_chain(r, config.get("max_runtime"))[1] for r in config["runs"].values()], default=1)
+TRAIN_RETRIES = TRAIN_ATTEMPTS - 1 if TRAIN_ATTEMPTS > 1 else None
+if TRAIN_RETRIES:
+    logger.info(f"rule train: retries {TRAIN_RETRIES} (the longest chain's attempts - 1), instead of the profile's")
 RUNS = run_order(config)
 RELEASED = list(config["released"])
 TINY_MODELS = [name for name, spec in config["released"].items() if "tiny" in spec]
