@@ -194,14 +194,14 @@ def test_a_partition_limit_turns_long_training_into_a_chain_of_resuming_jobs(rep
             f"run {run}: runtime {runtime} min > max_runtime 1440 min: up to {attempts} jobs of 1440 min "
             f"({attempts - 1} to finish + 1 spare), each resuming from the newest checkpoint" in text
         ), text[:3000]
-    assert f"rule train: retries {longest - 1}" in text
+    assert f"train jobs: retries {longest - 1}" in text
     train_resources = re.findall(r"^rule train:\n(?:    .*\n)*?    resources: (.*)$", text, flags=re.M)
     assert len(train_resources) == len(paper["runs"])
     for resources in train_resources:
         assert ", runtime=1440," in resources, resources
     # without a limit each run asks for its own runtime and the profile's retries apply
     _, _, text = dry_run(repo_root, "config/config.yaml")
-    assert "> max_runtime" not in text and "rule train: retries" not in text
+    assert "> max_runtime" not in text and "train jobs: retries" not in text
 
 
 def test_a_limit_within_the_stop_warning_is_refused(repo_root, tmp_path):

@@ -38,7 +38,7 @@ for _line in attempt_chain_lines(config):
 TRAIN_ATTEMPTS = max([attempt_chain(r, config.get("max_runtime"))[1] for r in config["runs"].values()], default=1)
 TRAIN_RETRIES = TRAIN_ATTEMPTS - 1 if TRAIN_ATTEMPTS > 1 else None
 if TRAIN_RETRIES:
-    logger.info(f"rule train: retries {TRAIN_RETRIES} (the longest chain's attempts - 1), instead of the profile's")
+    logger.info(f"train jobs: retries {TRAIN_RETRIES} (the longest chain's attempts - 1), instead of the profile's")
 RUNS = run_order(config)
 RELEASED = list(config["released"])
 TINY_MODELS = [name for name, spec in config["released"].items() if "tiny" in spec]
