@@ -28,6 +28,13 @@ include: "workflow/rules/checkpoints.smk"
 include: "workflow/rules/report.smk"
 
 
+# Downloads (compute nodes often have no internet) and jobs of under a minute run in the Snakemake process itself
+# on a cluster; `local_rules` in the configuration names them ([] submits every job).
+workflow.localrules(*local_rule_names(workflow))
+if workflow._localrules:
+    logger.info(f"localrules (run by Snakemake itself, never submitted): {', '.join(sorted(workflow._localrules))}")
+
+
 rule all:
     default_target: True
     input:

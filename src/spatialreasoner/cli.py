@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from spatialreasoner.errors import SpatialReasonerError
 from spatialreasoner.utils import redact, redact_standard_streams, setup_logging
@@ -21,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": ("spatialreasoner.synth.generate", "generate the SynthSpatial dataset in the real file formats"),
     "fetch": ("spatialreasoner.data.fetch", "download one file by URL, verified by sha256"),
     "snapshot": ("spatialreasoner.data.snapshot", "download a Hugging Face Hub repository at a pinned revision"),
+    "link-model": ("spatialreasoner.data.local_model", "use a local model folder (one's own checkpoint) as a model"),
     "extract": ("spatialreasoner.data.extract", "extract an image tar safely"),
     "canonicalize": ("spatialreasoner.data.canonical", "convert annotations into a canonical training table"),
     "prepare-benchmark": ("spatialreasoner.data.benchmarks", "validate a VLMEvalKit benchmark TSV"),
@@ -68,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpatialReasonerError as exc:
         logging.getLogger("spatialreasoner").error("%s: %s", args.command, redact(str(exc)))
         return 2
+    except Exception:
+        # An unexpected error (CUDA OOM, an import error, NCCL): its traceback goes to the rule's --log file too,
+        # which on a cluster is where a person looks; the exit status stays that of an uncaught exception.
+        logging.getLogger("spatialreasoner").error("%s failed:\n%s", args.command, redact(traceback.format_exc()))
+        return 1
     return int(result or 0)
 
 

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
@@ -75,7 +76,7 @@ def _describe(error) -> str:
         return (
             f"config key {where}: {json.dumps(error.instance, default=str)[:200]} matches none of the allowed forms "
             "(a url source {url, sha256, size}, a repo source {repo, repo_type, revision}, a path source {path}; "
-            "released models: {repo, revision} or {tiny: {...}})"
+            "released models: {repo, revision}, {tiny: {...}} or {path: DIR})"
         )
     return f"config key {where}: {error.message}"
 
@@ -327,6 +328,46 @@ def check_pixels_from(config: Mapping, model: str, opts: Mapping) -> None:
         )
 
 
+#: Folders the workflow itself writes models into: a ``path:`` model there would be read while it is written.
+WORKFLOW_MODEL_FOLDERS = ("results/models", "results/checkpoints", "results/checkpoint_models", "resources/models")
+
+
+def check_local_models(config: Mapping, workdir: str | Path = ".") -> None:
+    """Every ``released.<name>.path`` is a complete model folder outside the workflow's own model folders.
+
+    Checked when the configuration is read (before any job): the folder exists, holds a model config, readable
+    weights (safetensors as long as their headers say), a tokenizer and an image processor. Relative paths are
+    relative to ``workdir`` (Snakemake's working directory).
+    """
+    from spatialreasoner.errors import DataError
+    from spatialreasoner.modeling import check_model_dir
+
+    workdir = Path(workdir).resolve()
+    for name, spec in (config.get("released") or {}).items():
+        if "path" not in spec:
+            continue
+        key = f"config key released.{name}.path"
+        folder = (workdir / Path(spec["path"]).expanduser()).resolve()
+        if not folder.exists():
+            raise ConfigError(f"{key}: model folder {folder} does not exist; expected a folder holding a model")
+        if not folder.is_dir():
+            raise ConfigError(f"{key}: {folder} is a file; expected a folder holding a model (config.json, weights, "
+                              "tokenizer and processor files)")  # fmt: skip
+        for inner in WORKFLOW_MODEL_FOLDERS:
+            own = workdir / inner
+            if folder == own or own in folder.parents:
+                run = folder.relative_to(own).parts[0] if folder != own else ""
+                hint = f"; name the run {run!r} in evaluate.models instead" if run in (config.get("runs") or {}) else ""
+                raise ConfigError(
+                    f"{key}: {folder} is inside {inner}/, which the workflow writes itself (a training output or a "
+                    f"model folder it makes); expected a folder of your own{hint}"
+                )
+        try:
+            check_model_dir(folder, verify=False)
+        except DataError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
+
 def check_semantics(config: Mapping) -> None:
     """Cross-references the schema cannot express; raise ConfigError naming the key."""
     sources = config.get("sources", {})
@@ -334,6 +375,8 @@ def check_semantics(config: Mapping) -> None:
     if overlap:
         raise ConfigError(f"config keys released and runs both define {sorted(overlap)}; a model name must be unique")
     run_order(config)
+    check_local_models(config)
+    check_max_runtime(config)
 
     def need_source(key: str, name: str, kind: str | None = None) -> None:
         if name not in sources:
@@ -396,13 +439,143 @@ def check_semantics(config: Mapping) -> None:
                 )
 
 
+def _batch_layout(run: Mapping) -> tuple[int, int, int]:
+    """(per-device batch, training processes over all nodes, gradient accumulation) of a run."""
+    from spatialreasoner.train.launch import training_processes
+
+    nodes = int((run.get("resources") or {}).get("nodes", 1) or 1)
+    processes = max(1, training_processes(run)) * nodes
+    return int(run.get("per_device_train_batch_size", 1)), processes, int(run.get("gradient_accumulation_steps", 1))
+
+
+def resolve_global_batch(config: dict) -> None:
+    """A run's ``global_batch_size`` is kept whatever its GPUs: ``gradient_accumulation_steps`` is set to the global
+    batch / (per-device batch x training processes), or the run is refused naming both numbers when that does not
+    divide. Runs without it keep their own accumulation (their global batch then follows the GPUs)."""
+    for name, run in (config.get("runs") or {}).items():
+        target = run.get("global_batch_size")
+        if target is None:
+            continue
+        per_device, processes, accumulation = _batch_layout(run)
+        per_step = per_device * processes
+        unit = "completions" if run.get("stage") == "grpo" else "samples"
+        key = f"config key runs.{name}.global_batch_size"
+        if target % per_step:
+            raise ConfigError(
+                f"{key}: the recipe's global batch of {target} {unit} cannot be kept: "
+                f"per_device_train_batch_size {per_device} x {processes} training process(es) makes {per_step} per "
+                f"accumulation step, and no gradient accumulation turns {per_step} into {target}; expected a "
+                f"per_device_train_batch_size dividing {target}/{processes} or, to train with another global batch, "
+                f"runs.{name}.global_batch_size set to a multiple of {per_step} (e.g. {per_step})"
+            )
+        derived = target // per_step
+        if accumulation not in (1, derived):
+            raise ConfigError(
+                f"{key}: {target} {unit} needs gradient_accumulation_steps {derived} with {per_step} per step, but "
+                f"runs.{name}.gradient_accumulation_steps is {accumulation}; expected one of the two keys only"
+            )
+        run["gradient_accumulation_steps"] = derived
+
+
+def global_batch_lines(config: Mapping) -> list[str]:
+    """One line per run stating its effective global batch and how it is made (shown by validate-config and at
+    workflow start)."""
+    lines = []
+    for name, run in (config.get("runs") or {}).items():
+        per_device, processes, accumulation = _batch_layout(run)
+        total = per_device * processes * accumulation
+        how = f"{per_device} per device x {processes} training process(es) x {accumulation} accumulation step(s)"
+        if run.get("stage") == "grpo":
+            generations = int(run.get("num_generations", 4))
+            what = f"{total} completions ({total / generations:g} prompts x {generations} generations)"
+        else:
+            what = f"{total} samples"
+        kept = f" (kept by runs.{name}.global_batch_size)" if run.get("global_batch_size") is not None else ""
+        lines.append(f"run {name}: global batch {what} per optimizer step = {how}{kept}")
+    return lines
+
+
+def attempt_chain(run: Mapping, max_runtime: int | None) -> tuple[int, int]:
+    """(minutes per job, attempts) of a training run under a partition limit of ``max_runtime`` minutes: a run longer
+    than the limit needs ceil(runtime / limit) jobs that each resume from the newest checkpoint, plus one spare (a
+    job stopped early, a failed node); otherwise one job of its own runtime."""
+    runtime = int((run.get("resources") or {}).get("runtime", 1440))
+    if max_runtime is None or runtime <= max_runtime:
+        return runtime, 1
+    return int(max_runtime), -(-runtime // int(max_runtime)) + 1
+
+
+def check_max_runtime(config: Mapping) -> None:
+    """A partition limit must leave a training job time to work before SLURM's stop warning."""
+    from spatialreasoner.train.launch import stop_signal_lead
+
+    limit = config.get("max_runtime")
+    if limit is None:
+        return
+    for name, run in (config.get("runs") or {}).items():
+        lead = stop_signal_lead(run)
+        if attempt_chain(run, limit)[1] > 1 and lead >= 60 * limit:
+            raise ConfigError(
+                f"config key max_runtime: {limit} min is within the {lead} s before the time limit at which SLURM "
+                f"tells run {name}'s job to save and stop, so each job of its chain would stop as it starts; expected "
+                f"max_runtime > {lead / 60:g} min or a smaller runs.{name}.shutdown_timeout"
+            )
+
+
+def attempt_chain_lines(config: Mapping) -> list[str]:
+    """One line per training run that a partition limit (``max_runtime``) turns into a chain of jobs."""
+    lines = []
+    for name, run in (config.get("runs") or {}).items():
+        minutes, attempts = attempt_chain(run, config.get("max_runtime"))
+        if attempts > 1:
+            lines.append(
+                f"run {name}: runtime {run['resources']['runtime']} min > max_runtime {minutes} min: up to "
+                f"{attempts} jobs of {minutes} min ({attempts - 1} to finish + 1 spare), each resuming from the "
+                "newest checkpoint"
+            )
+    return lines
+
+
+def apply_evaluate_only(config: dict) -> None:
+    """``evaluate.only: {models, benchmarks}`` replaces ``evaluate.models`` / ``evaluate.benchmarks`` by exactly the
+    entries it names (in its order), and drops ``evaluate.checkpoints`` of runs no longer evaluated. Overlays are
+    merged key by key and cannot remove a model; this key can. Unknown names are errors naming the key."""
+    evaluate = config.get("evaluate") or {}
+    only = evaluate.get("only")
+    if not only:
+        return
+    models, benchmarks = evaluate.get("models", {}), evaluate.get("benchmarks", [])
+    for i, name in enumerate(only.get("models") or []):
+        if name not in models:
+            known = "a released model or a run: add it under evaluate.models too" if name in model_names(config) else (
+                "not a released model or a run either")  # fmt: skip
+            raise ConfigError(
+                f"config key evaluate.only.models[{i}]: {name!r} is not in evaluate.models ({known}); expected one "
+                f"of {list(models)}"
+            )
+    for i, bench in enumerate(only.get("benchmarks") or []):
+        if bench not in benchmarks:
+            raise ConfigError(
+                f"config key evaluate.only.benchmarks[{i}]: {bench!r} is not in evaluate.benchmarks; expected one of "
+                f"{benchmarks}"
+            )
+    if only.get("models"):
+        evaluate["models"] = {name: models[name] for name in only["models"]}
+        checkpoints = evaluate.get("checkpoints") or {}
+        evaluate["checkpoints"] = {run: steps for run, steps in checkpoints.items() if run in evaluate["models"]}
+    if only.get("benchmarks"):
+        evaluate["benchmarks"] = list(only["benchmarks"])
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Schema (with defaults) then cross-reference checks; returns the same, completed, dict."""
     if not isinstance(config, dict):
         raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
     check_finite_numbers(config)
     validate_schema(config, schema)
+    resolve_global_batch(config)
     check_semantics(config)
+    apply_evaluate_only(config)
     check_counts(config)
     checkpoint_steps(config)
     check_judge_url(config)
@@ -616,3 +789,5 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     config = load_config(*args.configfile)
     print(yaml.safe_dump(config, sort_keys=False, width=120))
+    for line in global_batch_lines(config):
+        print(line, file=sys.stderr)

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 #: Files inside a model folder that may record ``weights_sha256`` ({file name: sha256}), in order of preference.
-RECORD_FILES = ("run.json", ".snapshot.json", "tiny_model.json")
+RECORD_FILES = ("run.json", ".snapshot.json", "tiny_model.json", ".local_model.json")
+#: The record a linked local model folder (``released: {NAME: {path: DIR}}``) keeps of its source.
+LOCAL_RECORD = ".local_model.json"
 WEIGHTS_KEY = "weights_sha256"
 
 # sha256 of files already hashed in this process, by (path, size, mtime): a folder checked twice is read once.

@@ -6,10 +6,14 @@ import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from spatialreasoner.config import (
+    attempt_chain,
+    attempt_chain_lines,
     check_config_files,
     checkpoint_steps,
+    global_batch_lines,
     load_schema,
     run_order,
     validate_config,
@@ -25,12 +29,36 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"Invalid configuration (see config/README.md):\n{exc}") from None
 
+# Each run's effective global batch, in the dry run's and every run's log.
+for _line in global_batch_lines(config):
+    logger.info(_line)
+# A partition limit (max_runtime) shorter than a run turns its training job into a chain of resuming attempts: each
+# job asks for at most max_runtime, and the train rule gets enough retries for the longest chain.
+for _line in attempt_chain_lines(config):
+    logger.info(_line)
+TRAIN_ATTEMPTS = max([attempt_chain(r, config.get("max_runtime"))[1] for r in config["runs"].values()], default=1)
+TRAIN_RETRIES = TRAIN_ATTEMPTS - 1 if TRAIN_ATTEMPTS > 1 else None
+if TRAIN_RETRIES:
+    logger.info(f"train jobs: retries {TRAIN_RETRIES} (the longest chain's attempts - 1), instead of the profile's")
 RUNS = run_order(config)
 RELEASED = list(config["released"])
 TINY_MODELS = [name for name, spec in config["released"].items() if "tiny" in spec]
 HUB_MODELS = [name for name, spec in config["released"].items() if "repo" in spec]
+LOCAL_MODELS = [name for name, spec in config["released"].items() if "path" in spec]
 BENCHMARKS = list(config["evaluate"]["benchmarks"])
 EVAL_MODELS = list(config["evaluate"]["models"])
+
+
+def local_rule_names(workflow):
+    """The rules of ``local_rules``, each checked to be a rule of the workflow."""
+    rules = {rule.name for rule in workflow.rules}
+    for i, name in enumerate(config.get("local_rules", [])):
+        if name not in rules:
+            raise WorkflowError(
+                f"Invalid configuration (see config/README.md):\nconfig key local_rules[{i}]: {name!r} is not a rule "
+                f"of the workflow; expected some of {sorted(rules)}"
+            )
+    return config.get("local_rules", [])
 
 
 # Checked with the rest of the configuration (validate_config), so a step without a checkpoint stopped the workflow

@@ -1,4 +1,7 @@
-# Models used without training: the tiny Qwen2.5-VL built locally, or Hub snapshots at a pinned revision.
+# Models used without training: the tiny Qwen2.5-VL built locally, Hub snapshots at a pinned revision, or local
+# folders (one's own checkpoint) linked in place.
+
+import spatialreasoner.data.local_model as local_model
 
 
 rule build_tiny_model:
@@ -48,3 +51,28 @@ rule snapshot_model:
     shell:
         "spatialreasoner --log {log} snapshot --repo {params.repo:q} --revision {params.revision:q}"
         " --repo-type model --out {output}"
+
+
+rule link_model:
+    input:
+        # the folder's files (checked when the configuration is read): a changed file makes the link, and every
+        # prediction from it, out of date
+        lambda w: [str(f) for f in local_model.source_files(config["released"][w.model]["path"])],
+    output:
+        directory("resources/models/{model}"),
+    log:
+        "logs/link_model/{model}.log",
+    benchmark:
+        "benchmarks/link_model/{model}.tsv"
+    wildcard_constraints:
+        model=alternatives(LOCAL_MODELS),
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        source=lambda w: config["released"][w.model]["path"],
+    shell:
+        "spatialreasoner --log {log} link-model --source {params.source:q} --out {output}"

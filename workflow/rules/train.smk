@@ -22,6 +22,8 @@ rule train:
         "benchmarks/train/{run}.tsv"
     # training is the workflow's longest path: start it before evaluation jobs that could wait
     priority: 10
+    # a chain of attempts under a partition limit (max_runtime); otherwise the profile's retries
+    retries: TRAIN_RETRIES
     conda:
         "../../envs/train.yaml"
     threads: lambda w: job_resources(config["runs"][w.run])["threads"]
@@ -35,7 +37,7 @@ rule train:
         cpus_per_gpu=lambda w: job_resources(config["runs"][w.run])["cpus_per_gpu"],
         nodes=lambda w: job_resources(config["runs"][w.run])["nodes"],
         mem_mb=lambda w: job_resources(config["runs"][w.run])["mem_mb"],
-        runtime=lambda w: job_resources(config["runs"][w.run])["runtime"],
+        runtime=lambda w: attempt_chain(config["runs"][w.run], config.get("max_runtime"))[0],
         slurm_extra=lambda w: job_resources(config["runs"][w.run])["slurm_extra"],
     params:
         cmd=lambda w, input, output: train_command(

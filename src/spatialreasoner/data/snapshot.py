@@ -85,6 +85,40 @@ def _read_lock(out_dir: Path) -> dict | None:
     return data
 
 
+def cached_snapshot(repo: str, repo_type: str, commit: str, allow_patterns: list[str] | None) -> Path | None:
+    """The Hugging Face cache's folder of ``repo`` at ``commit`` when the cache (``HF_HOME`` / ``HF_HUB_CACHE``) already
+    holds that revision, else None; nothing is downloaded."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        found = snapshot_download(
+            repo, repo_type=repo_type, revision=commit, allow_patterns=allow_patterns, local_files_only=True
+        )
+    except Exception:  # not cached (or only partly): download as usual
+        return None
+    found = Path(found)
+    return found if found.is_dir() and any(found.iterdir()) else None
+
+
+def copy_from_cache(cached: Path, dest: Path) -> int:
+    """Hard-link (or copy, across file systems) every file of a cache snapshot into ``dest``; returns the count."""
+    import shutil
+
+    count = 0
+    for src in sorted(cached.rglob("*")):
+        if src.is_dir():
+            continue
+        target = dest / src.relative_to(cached)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blob = src.resolve()
+        try:
+            os.link(blob, target)
+        except OSError:
+            shutil.copy2(blob, target)
+        count += 1
+    return count
+
+
 def snapshot(
     repo: str,
     revision: str,
@@ -100,16 +134,22 @@ def snapshot(
     out_dir = Path(out_dir)
     commit, how = resolve_commit(repo, revision, repo_type, out_dir)
     log.info("snapshot %s (%s) revision %s -> commit %s (%s)", repo, repo_type, revision, commit, how)
+    cached = cached_snapshot(repo, repo_type, commit, allow_patterns)
     with atomic_path(out_dir) as tmp:
         try:
-            snapshot_download(
-                repo,
-                repo_type=repo_type,
-                revision=commit,
-                local_dir=tmp,
-                allow_patterns=allow_patterns,
-                token=_token(),
-            )
+            if cached is not None:
+                # a cluster's shared Hugging Face cache already holds this commit: no download
+                files = copy_from_cache(cached, tmp)
+                log.info("snapshot %s@%s: %d file(s) taken from the Hugging Face cache %s", repo, commit, files, cached)
+            else:
+                snapshot_download(
+                    repo,
+                    repo_type=repo_type,
+                    revision=commit,
+                    local_dir=tmp,
+                    allow_patterns=allow_patterns,
+                    token=_token(),
+                )
         except Exception as exc:
             where = " (offline: HF_HUB_OFFLINE is set)" if offline() else ""
             raise DataError(f"snapshot of {repo}@{commit} ({repo_type}) failed{where}: {redact(str(exc))}") from exc

@@ -6,6 +6,7 @@ Checkpoints go to the working folder (resumed automatically on a rerun); the fin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -355,16 +356,20 @@ def run(args: argparse.Namespace) -> int:
     transformers.utils.logging.set_verbosity_info()
     run_cfg = json_object_arg(args.run_config, "--run-config")
     prompts = json_object_arg(args.prompts, "--prompts")
-    train(
-        args.run_name,
-        run_cfg,
-        args.init,
-        args.data,
-        args.workdir,
-        args.out,
-        prompts=prompts,
-        seed=args.seed,
-        min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels,
-    )
+    from spatialreasoner.train.lock import checkpoint_folder_lock, is_first_process
+
+    # one writer per checkpoint folder: the first process holds the lock for the whole job
+    with checkpoint_folder_lock(args.workdir) if is_first_process() else contextlib.nullcontext():
+        train(
+            args.run_name,
+            run_cfg,
+            args.init,
+            args.data,
+            args.workdir,
+            args.out,
+            prompts=prompts,
+            seed=args.seed,
+            min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels,
+        )
     return 0
