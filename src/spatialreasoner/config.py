@@ -573,10 +573,11 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
         raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
     check_finite_numbers(config)
     validate_schema(config, schema)
+    # Counts the job's GPUs cannot hold come first: the global batch is made of them.
+    check_counts(config)
     resolve_global_batch(config)
     check_semantics(config)
     apply_evaluate_only(config)
-    check_counts(config)
     checkpoint_steps(config)
     check_judge_url(config)
     return config
