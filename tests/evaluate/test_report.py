@@ -36,7 +36,14 @@ def _png(path, color):
 
 @pytest.fixture
 def workflow_outputs(tmp_path):
+    """Outputs of the test's own, for a test that damages them."""
     return make_workflow_outputs(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_outputs(tmp_path_factory):
+    """Outputs built once for the tests that only read them."""
+    return make_workflow_outputs(tmp_path_factory.mktemp("workflow-outputs"))
 
 
 def make_workflow_outputs(tmp_path):
@@ -63,6 +70,7 @@ def make_workflow_outputs(tmp_path):
 
 def write_canary_table(path):
     """A further benchmark's table in the shape every table has (model, counts, accuracy with its interval)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
             "model": ["ours", "base", "chance (expected)"],
@@ -138,8 +146,8 @@ def estimate_text(row, column, paper=None) -> str:
     return text + (f"paper {paper:.1f}" if paper is not None else "")
 
 
-def test_report_opens_with_table_1s_layout(tmp_path, workflow_outputs):
-    page = _report(tmp_path, workflow_outputs).read_text()
+def test_report_opens_with_table_1s_layout(tmp_path, shared_outputs):
+    page = _report(tmp_path, shared_outputs).read_text()
     tables = tables_of(page)
     first, second = tables[:2]
     assert "headline" in first["classes"] and "headline" in second["classes"]
@@ -147,7 +155,7 @@ def test_report_opens_with_table_1s_layout(tmp_path, workflow_outputs):
     assert first["rows"][0] == ["model", "overall", "height", "location", "orientation", "multi_object"]
     assert second["rows"][0] == ["model", CVB_POOLED, CVB_MEAN, "Depth", "Distance"]
     for table, bench in ((first, "3DSRBench"), (second, "CV-Bench-3D")):
-        csv = pd.read_csv(workflow_outputs["written"][bench]).set_index("model")
+        csv = pd.read_csv(shared_outputs["written"][bench]).set_index("model")
         header = table["rows"][0]
         assert [r[0] for r in table["rows"][1:]] == csv.index.tolist()  # every model, then chance
         published = {CVB_POOLED if c == "overall" and bench == "CV-Bench-3D" else c: v for c, v in
@@ -172,17 +180,17 @@ def test_report_opens_with_table_1s_layout(tmp_path, workflow_outputs):
     assert "<thead>" in folded and "<code>chance (expected)</code>" in folded  # the summary, by markdown-it
 
 
-def test_a_further_benchmark_table_joins_the_first_screen_only_when_given(tmp_path, workflow_outputs):
+def test_a_further_benchmark_table_joins_the_first_screen_only_when_given(tmp_path, shared_outputs):
     canary = write_canary_table(tmp_path / "tables" / "Canary.csv")
-    w = workflow_outputs["written"]
-    page = _report(tmp_path, workflow_outputs, tables=[canary, w["CV-Bench-3D"], w["3DSRBench"]]).read_text()
+    w = shared_outputs["written"]
+    page = _report(tmp_path, shared_outputs, tables=[canary, w["CV-Bench-3D"], w["3DSRBench"]]).read_text()
     headline = [t for t in tables_of(page) if "headline" in t["classes"]]
     # 3DSRBench and CV-Bench-3D first, whatever the order given, then the further table with every accuracy
     assert [t["rows"][0][1] for t in headline] == ["overall", CVB_POOLED, "accuracy"]
     assert headline[2]["rows"][0] == ["model", "accuracy"]
     assert headline[2]["rows"][1] == ["ours", "91.7 [83.3, 97.9]"]
     assert page.index('id="headline-canary"') < page.index("<details")
-    without = _report(tmp_path / "b", workflow_outputs).read_text()
+    without = _report(tmp_path / "b", shared_outputs).read_text()
     assert "Canary" not in without and len([t for t in tables_of(without) if "headline" in t["classes"]]) == 2
 
 
@@ -199,12 +207,12 @@ def test_markdown_is_rendered_and_raw_html_in_it_escaped():
     assert "<script>" not in html and "&lt;script&gt;" in html
 
 
-def test_report_shows_every_part(tmp_path, workflow_outputs):
-    out = _report(tmp_path, workflow_outputs, per_category=1, seed=0)
+def test_report_shows_every_part(tmp_path, shared_outputs):
+    out = _report(tmp_path, shared_outputs, per_category=1, seed=0)
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     # the figure is embedded as the same bytes
-    assert base64.b64encode(workflow_outputs["figure"].read_bytes()).decode() in page
+    assert base64.b64encode(shared_outputs["figure"].read_bytes()).decode() in page
     # one example per category: 3DSRBench has 3 categories, CV-Bench-3D 2; each shows every model
     thumbs = re.findall(r'<img class="thumb" src="data:image/png;base64,([^"]+)"', page)
     assert len(thumbs) == 3 + 2
@@ -225,13 +233,13 @@ def test_report_shows_every_part(tmp_path, workflow_outputs):
     assert "s3cr3t" not in page and "example.org" in page
 
 
-def test_examples_are_chosen_by_seed(tmp_path, workflow_outputs):
+def test_examples_are_chosen_by_seed(tmp_path, shared_outputs):
     rows = pd.DataFrame({"index": [str(i) for i in range(40)], "category": ["a"] * 20 + ["b"] * 20})
     picked = pick_examples(rows, 3, seed=1)
     assert picked == pick_examples(rows, 3, seed=1) and picked != pick_examples(rows, 3, seed=2)
     assert sum(int(i) < 20 for i in picked) == 3 and len(picked) == 6
-    a = _report(tmp_path / "a", workflow_outputs, seed=5).read_text()
-    b = _report(tmp_path / "b", workflow_outputs, seed=5).read_text()
+    a = _report(tmp_path / "a", shared_outputs, seed=5).read_text()
+    b = _report(tmp_path / "b", shared_outputs, seed=5).read_text()
     assert a == b
     assert reasoning_of("<think>The 3D location of the red cube is (1.0, 0.0, 5.0).</think><answer>A</answer>") == (
         "The 3D location of the red cube is (1.0, 0.0, 5.0)."
