@@ -248,7 +248,7 @@ def full_table_html(frame: pd.DataFrame) -> Markup:
     return _html_table(pd.DataFrame(out, columns=list(out)))
 
 
-def _folded_title(name: str, frame: pd.DataFrame, file: str) -> tuple[str, str]:
+def _folded_title(name: str, file: str) -> tuple[str, str]:
     if name.endswith(PER_ROW_SUFFIX):
         return f"{name.removesuffix(PER_ROW_SUFFIX)} per row", f"every question on its own, not circular ({file})"
     if name == CHECKPOINTS_TABLE:
@@ -280,7 +280,7 @@ def tables_parts(
         frame = read_result_table(path)
         if is_benchmark_table(path.stem, frame):
             found.append((order.get(path.stem, len(order)), position, path.stem, frame))
-        title, what = _folded_title(path.stem, frame, path.name)
+        title, what = _folded_title(path.stem, path.name)
         folded.append({"kind": "table", "title": title, "what": what, "html": full_table_html(frame)})
     for _, _, bench, frame in sorted(found, key=lambda item: item[:2]):
         headline.append(headline_table(bench, frame, paper, paper_names))
