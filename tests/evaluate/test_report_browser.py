@@ -115,7 +115,7 @@ def browse(page: Path, workdir: Path, width: int = WIDTH) -> dict:
 def screenshot(page: Path, out: Path, workdir: Path) -> Path:
     """The report's first screen (the 1,400 x 900 window) as a PNG."""
     cmd = [CHROMIUM, *QUIET, f"--user-data-dir={workdir / 'chromium-shot'}", f"--window-size={WIDTH},{HEIGHT}",
-           f"--screenshot={out}", page.as_uri()]  # fmt: skip
+           "--virtual-time-budget=10000", f"--screenshot={out}", page.as_uri()]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and out.is_file(), proc.stderr[-3000:]
     return out
