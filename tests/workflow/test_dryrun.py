@@ -115,9 +115,9 @@ def test_lint_is_clean(repo_root, configfile):
 
 
 def test_snakemake_files_are_formatted(repo_root):
-    files = ["Snakefile", *sorted(str(p.relative_to(repo_root)) for p in (repo_root / "workflow/rules").glob("*.smk"))]
+    # the plain command, as the README and the workflow catalog run it: the line length comes from pyproject.toml
     proc = subprocess.run(
-        [sys.executable, "-m", "snakefmt", "-l", "120", "--check", *files],
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"],
         cwd=repo_root,
         capture_output=True,
         text=True,

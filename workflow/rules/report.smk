@@ -104,7 +104,10 @@ rule report_html:
         config=json.dumps(redacted_config(config)),
         per_category=config["evaluate"].get("report_examples", 2),
         seed=config.get("seed", 42),
+        paper=json.dumps(config.get("paper", {})),
+        names=json.dumps(PAPER_NAMES),
     shell:
         "spatialreasoner --log {log} report --out {output} --summary {input.summary} {params.tables}"
         " {params.figures} {params.benchmarks} {params.examples} {params.datasets} --config {params.config:q}"
         " --per-category {params.per_category} --seed {params.seed}"
+        " --paper {params.paper:q} --paper-names {params.names:q}"

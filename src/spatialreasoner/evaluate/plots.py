@@ -3,8 +3,8 @@
 ``plots table`` draws a table written by ``spatialreasoner tables`` (3DSRBench: overall and the 4 types in one panel,
 the 12 subtypes in another; CV-Bench-3D: overall, Depth and Distance), one bar per model and category, with the
 published number of the paper model a row reproduces drawn on its bar as a black tick. ``plots training`` draws
-loss, learning rate and, for GRPO runs, the mean of every reward from a run's ``trainer_state.json``
-(``log_history``). Figures are drawn with matplotlib's Agg canvas (no display needed) and written atomically.
+loss (SFT: on a log scale), learning rate and, for GRPO runs, the mean of every reward and TRL's diagnostics
+(completion length, clipped ratio, reward spread) from a run's ``trainer_state.json`` (``log_history``). Figures are drawn with matplotlib's Agg canvas (no display needed) and written atomically.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.evaluate.tables import CHANCE, CVB_MEAN, CVB_POOLED, HIGH, LOW, PAPER_ALIASES, read_table_csv
@@ -230,6 +230,7 @@ def curve_summary(history: Sequence[Mapping]) -> str:
         f"{len(steps)} logged steps; loss {loss[0]:.4g} at step {int(steps[0])}, {loss[-1]:.4g} at step {int(steps[-1])}"
     ]
     keys = [f"rewards/{name}/mean" for name in reward_names(history)] + ["reward", "frac_reward_zero_std"]
+    keys += ["completions/mean_length", "completions/clipped_ratio"]
     for key in keys:
         _, values = series(history, key)
         if len(values):
@@ -239,15 +240,34 @@ def curve_summary(history: Sequence[Mapping]) -> str:
     return "; ".join(parts)
 
 
-def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = None, stage: str | None = None) -> Path:
-    """Loss, learning rate and (GRPO) reward means against the optimizer step, from ``trainer_state.json``.
+#: GRPO's diagnostics as TRL logs them, each drawn in its own panel when present: (title, [(key, label)], y label).
+GRPO_DIAGNOSTICS: tuple[tuple[str, tuple[tuple[str, str], ...], str], ...] = (
+    (
+        "completion length",
+        (("completions/mean_length", "mean"), ("completions/mean_terminated_length", "mean of terminated")),
+        "tokens",
+    ),
+    ("clipped ratio", (("completions/clipped_ratio", "share cut at max_completion_length"),), "share"),
+    (
+        "reward spread",
+        (("reward_std", "std of the total reward"), ("frac_reward_zero_std", "share of groups without spread")),
+        "",
+    ),
+)
+#: Drawn as a band around the mean completion length.
+LENGTH_RANGE = ("completions/min_length", "completions/max_length")
 
-    ``stage`` ``grpo`` requires reward entries (``rewards/<name>/mean``); None draws them when present.
-    """
-    if stage is not None and stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    path = Path(trainer_state)
-    history = read_log_history(path)
+
+def _log_label(value: float, _position=None) -> str:
+    """Plain numbers at 1, 2 and 5 times a power of ten (0.2, 0.5, 1, 2, 5), none between them."""
+    if value <= 0:
+        return ""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if mantissa in (1, 2, 5) else ""
+
+
+def training_figure(history: Sequence[Mapping], path: Path, run: str | None = None, stage: str | None = None) -> Figure:
+    """The figure of :func:`plot_training` from a checked ``log_history`` (``path`` names it in errors)."""
     loss = series(history, "loss")
     lr = series(history, "learning_rate")
     for key, (steps, _) in (("loss", loss), ("learning_rate", lr)):
@@ -256,14 +276,27 @@ def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = 
     rewards = reward_names(history)
     if stage == "grpo" and not rewards:
         raise DataError(f"{path}: a GRPO run's log_history has no 'rewards/<name>/mean' entries")
+    diagnostics = [
+        (title, [(key, label) for key, label in keys if len(series(history, key)[0])], ylabel)
+        for title, keys, ylabel in (GRPO_DIAGNOSTICS if rewards else ())
+    ]
+    diagnostics = [d for d in diagnostics if d[1]]
 
-    log.info("%s: %s", run or path, curve_summary(history))
-    n_panels = 3 if rewards else 2
-    fig = Figure(figsize=(4.6 * n_panels, 3.8), dpi=DPI, layout="constrained")
+    n_top = 3 if rewards else 2
+    n_rows = 2 if diagnostics else 1
+    fig = Figure(figsize=(4.6 * n_top, 3.8 * n_rows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    grid = fig.subplots(n_rows, n_top, squeeze=False)
+    axes = list(grid[0])
     _curve(axes[0], *loss, "C0")
-    axes[0].set_title("loss", fontsize=10)
+    # SFT's cross-entropy falls by orders of magnitude: on a log scale its late steps stay readable. GRPO's loss
+    # crosses zero, so it stays linear.
+    log_loss = not rewards and bool((loss[1] > 0).all())
+    if log_loss:
+        axes[0].set_yscale("log")
+        axes[0].yaxis.set_major_formatter(FuncFormatter(_log_label))
+        axes[0].yaxis.set_minor_formatter(FuncFormatter(_log_label))
+    axes[0].set_title("loss (log scale)" if log_loss else "loss", fontsize=10)
     axes[1].plot(*lr, color="C1", linewidth=1.4)
     axes[1].set_title("learning rate", fontsize=10)
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
@@ -277,6 +310,22 @@ def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = 
             _curve(ax, *total, "black", label="total", linestyle="--")
         ax.set_title("reward means", fontsize=10)
         ax.legend(fontsize=8)
+    if diagnostics:
+        for ax, (title, keys, ylabel) in zip(grid[1], diagnostics, strict=False):
+            for i, (key, label) in enumerate(keys):
+                _curve(ax, *series(history, key), f"C{(i + 5) % 10}", label=label)
+            if title == "completion length":
+                (s_lo, lo), (s_hi, hi) = (series(history, k) for k in LENGTH_RANGE)
+                if len(lo) and len(lo) == len(hi) and np.array_equal(s_lo, s_hi):
+                    ax.fill_between(s_lo, lo, hi, color="C5", alpha=0.15, linewidth=0, label="min to max")
+            if title == "clipped ratio" or "frac_reward_zero_std" in dict(keys):
+                ax.set_ylim(-0.03, 1.03)
+            ax.set_title(title, fontsize=10)
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+            axes.append(ax)
+        for ax in grid[1][len(diagnostics) :]:
+            ax.set_visible(False)
     for ax in axes:
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -284,6 +333,22 @@ def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = 
     last = int(max(loss[0].max(), lr[0].max()))
     title = " ".join(p for p in (run, f"({stage})" if stage else None) if p)
     fig.suptitle(f"{title}: {last} steps" if title else f"{last} steps", fontsize=11)
+    return fig
+
+
+def plot_training(trainer_state: str | Path, out: str | Path, run: str | None = None, stage: str | None = None) -> Path:
+    """Loss (SFT: on a log scale), learning rate and, for GRPO, reward means and TRL's diagnostics (completion
+    length, the share of completions cut at the length limit, reward spread) against the step, from
+    ``trainer_state.json``.
+
+    ``stage`` ``grpo`` requires reward entries (``rewards/<name>/mean``); None draws them when present.
+    """
+    if stage is not None and stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    path = Path(trainer_state)
+    history = read_log_history(path)
+    fig = training_figure(history, path, run=run, stage=stage)
+    log.info("%s: %s", run or path, curve_summary(history))
     return _save(fig, out)
 
 
@@ -339,7 +404,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     table.add_argument("--paper", default="{}", help="JSON: published numbers paper[bench][paper_model][column]")
     table.add_argument("--paper-names", default="{}", help="JSON: model -> paper model it reproduces (null for none)")
     training = sub.add_parser(
-        "training", help="training curves of a run", description="loss, learning rate and reward means of a run"
+        "training",
+        help="training curves of a run",
+        description="loss, learning rate and (GRPO) reward means, completion length, clipped ratio and reward spread",
     )
     training.add_argument("--trainer-state", required=True, help="the run's trainer_state.json")
     training.add_argument("--out", required=True, help="PNG file")
