@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from spatialreasoner.config import (
     check_config_files,
@@ -13,6 +14,7 @@ from spatialreasoner.config import (
     run_order,
     validate_config,
 )
+from spatialreasoner.conda_envs import ROOT_VARIABLE, check_conda_envs
 from spatialreasoner.errors import ConfigError
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -23,6 +25,15 @@ try:
     validate_config(config, load_schema(SCHEMA))
 except ConfigError as exc:
     raise WorkflowError(f"Invalid configuration (see config/README.md):\n{exc}") from None
+
+# Conda environments (--sdm conda): Snakemake copies env files and post-deploy scripts to .snakemake/conda/ and runs
+# them from the working directory, so they find the repository's locks and this package through SPATIALREASONER_ROOT.
+os.environ[ROOT_VARIABLE] = str(Path(workflow.basedir).resolve())
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    try:
+        check_conda_envs(Path(workflow.basedir))
+    except ConfigError as exc:
+        raise WorkflowError(f"Conda environments: {exc}") from None
 
 RUNS = run_order(config)
 RELEASED = list(config["released"])
