@@ -1,6 +1,7 @@
 """An offline wheelhouse for scripts/setup.sh: every file a lock needs, for Linux x86-64 and one CPython version.
 
     python scripts/wheelhouse.py download DIR --python 3.11 LOCK [LOCK...]   fill DIR from the package index
+                                                             (--dry-run: list the files and their sizes)
     python scripts/wheelhouse.py check DIR --python 3.11 LOCK [LOCK...]      verify DIR before an offline install
     python scripts/wheelhouse.py pyproject --lock LOCK [--extra NAME...]      pyproject.toml's pins all in LOCK?
 
@@ -133,14 +134,19 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(dest: Path, pins: list[Pin], py: str) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
+def download(dest: Path, pins: list[Pin], py: str, dry_run: bool = False) -> None:
+    """Fetch into ``dest`` the files of ``pins`` for CPython ``py`` (``dry_run``: list them with their sizes)."""
+    if not dry_run:
+        dest.mkdir(parents=True, exist_ok=True)
 
     def one(pin: Pin) -> tuple[int, list[str]]:
         files = index_files(pin.name)
         chosen = pick([(f["filename"], f["hashes"].get("sha256", "")) for f in files], pin, py)
         if not chosen:
             raise SystemExit(f"the index has no file for CPython {py} on {PLATFORM} with a hash of {pin.where()}")
+        if dry_run:
+            sizes = {f["filename"]: f.get("size", 0) for f in files}
+            return sum(sizes[f] for f, _ in chosen), [f"{sizes[f]:>12} {f}" for f, _ in chosen]
         fetched = 0
         for filename, digest in chosen:
             target = dest / filename
@@ -161,6 +167,10 @@ def download(dest: Path, pins: list[Pin], py: str) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         got = list(pool.map(one, pins))
     fetched = sum(size for size, _ in got)
+    if dry_run:
+        print("\n".join(line for _, lines in got for line in lines))
+        print(f"{len(pins)} packages for CPython {py} on {PLATFORM}: {fetched / 1e9:.2f} GB to download")
+        return
     names = [name for _, chosen in got for name in chosen]
     total = sum((dest / name).stat().st_size for name in names)
     print(
@@ -227,12 +237,14 @@ def main() -> None:
         p.add_argument("dir", type=Path)
         p.add_argument("--python", required=True, choices=["3.11", "3.12"])
         p.add_argument("locks", nargs="+")
+        if cmd == "download":
+            p.add_argument("--dry-run", action="store_true", help="list the files and sizes, download nothing")
     p = sub.add_parser("pyproject")
     p.add_argument("--lock", required=True, type=Path)
     p.add_argument("--extra", action="append", default=[])
     args = parser.parse_args()
     if args.cmd == "download":
-        download(args.dir, read_locks(args.locks), args.python)
+        download(args.dir, read_locks(args.locks), args.python, args.dry_run)
     elif args.cmd == "check":
         problems = check(args.dir, read_locks(args.locks), args.python)
         if problems:
