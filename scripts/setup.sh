@@ -73,6 +73,7 @@ if [ -n "$target_py" ]; then
     [ -n "$wheelhouse_out" ] || { echo "--python only goes with --wheelhouse (an install uses PYTHON)" >&2; exit 1; }
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
         { echo "--wheelhouse needs Python 3.11 or later to run (found '${pyver:-none}' from '$PYTHON')" >&2; exit 1; }
+    case "$target_py" in 3.11 | 3.12) ;; *) echo "--python must be 3.11 or 3.12 (the locks' Pythons), got '$target_py'" >&2; exit 1 ;; esac
     pyver=$target_py
 fi
 case "$pyver" in

@@ -197,7 +197,8 @@ def cpu_wheelhouse(tmp_path_factory, repo_root) -> Path:
         shutil.rmtree(dest, ignore_errors=True)
 
 
-@pytest.mark.slow  # about 8 minutes on 2 cores: 3.3 GB downloaded once, 6.9 GB installed, torch & vLLM imported
+@pytest.mark.slow  # 3.3 GB downloaded once, 6.9 GB installed, torch & vLLM imported: 8 to 16 minutes here
+@pytest.mark.timeout(2700)
 @pytest.mark.skipif(not unshare_works(), reason="needs root for unshare -n (CI runs as root)")
 def test_the_cpu_set_installs_from_a_wheelhouse_with_no_network(cpu_wheelhouse, tmp_path, copy_checkout):
     repo = copy_checkout(tmp_path / "repo")
