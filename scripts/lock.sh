@@ -62,7 +62,7 @@ if [ "$out" != locks ]; then
 fi
 # Conda environments name the lock they install and its sha256, so that a new lock makes Snakemake rebuild them.
 for env in data eval train; do
-    lockname=$(sed -n 's|^ *- -r \.\./\(locks/.*\.txt\)$|\1|p' "envs/$env.yaml")
+    lockname=$(sed -n 's|^ *- -r ${SPATIALREASONER_ROOT}/\(locks/.*\.txt\)$|\1|p' "envs/$env.yaml")
     sum=$(sha256sum "$lockname" | cut -d' ' -f1)
     sed -i "s|^# lock sha256: .*|# lock sha256: $sum|" "envs/$env.yaml"
 done

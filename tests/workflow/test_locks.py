@@ -109,8 +109,9 @@ def test_conda_environments_install_the_locks(repo_root):
         spec = yaml.safe_load(text)
         assert "python=3.11.7" in spec["dependencies"], f"{path.name}: Python must match locks/py3.11"
         pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
-        assert len(pip) == 1 and pip[0].startswith("-r ../locks/py3.11/"), f"{path.name}: pip must install a lock"
-        lock = (path.parent / pip[0].removeprefix("-r ")).resolve()
+        prefix = "-r ${SPATIALREASONER_ROOT}/locks/py3.11/"
+        assert len(pip) == 1 and pip[0].startswith(prefix), f"{path.name}: pip must install a lock"
+        lock = repo_root / pip[0].removeprefix("-r ${SPATIALREASONER_ROOT}/")
         assert lock.is_file(), f"{path.name} names {lock.name}, which does not exist"
         digest = re.search(r"^# lock sha256: ([0-9a-f]{64})$", text, re.M)
         assert digest, f"{path.name} does not record its lock's sha256"

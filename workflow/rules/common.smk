@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from spatialreasoner.config import (
     attempt_chain,
@@ -18,6 +19,7 @@ from spatialreasoner.config import (
     run_order,
     validate_config,
 )
+from spatialreasoner.conda_envs import ROOT_VARIABLE, check_conda_envs
 from spatialreasoner.errors import ConfigError
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -40,6 +42,16 @@ TRAIN_ATTEMPTS = max([attempt_chain(r, config.get("max_runtime"))[1] for r in co
 TRAIN_RETRIES = TRAIN_ATTEMPTS - 1 if TRAIN_ATTEMPTS > 1 else None
 if TRAIN_RETRIES:
     logger.info(f"train jobs: retries {TRAIN_RETRIES} (the longest chain's attempts - 1), instead of the profile's")
+
+# Conda environments (--sdm conda): Snakemake copies env files and post-deploy scripts to .snakemake/conda/ and runs
+# them from the working directory, so they find the repository's locks and this package through SPATIALREASONER_ROOT.
+os.environ[ROOT_VARIABLE] = str(Path(workflow.basedir).resolve())
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    try:
+        check_conda_envs(Path(workflow.basedir))
+    except ConfigError as exc:
+        raise WorkflowError(f"Conda environments: {exc}") from None
+
 RUNS = run_order(config)
 RELEASED = list(config["released"])
 TINY_MODELS = [name for name, spec in config["released"].items() if "tiny" in spec]
