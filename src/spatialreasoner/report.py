@@ -59,7 +59,7 @@ HEADLINE_ORDER = (SRB, CVB)
 #: What each benchmark's accuracy is, said beside its title.
 HEADLINE_WHAT = {SRB: "circular accuracy", CVB: "accuracy over all questions and per category"}
 #: Text columns shown before the accuracies when a table has them.
-TEXT_COLUMNS = ("model", "protocol")
+TEXT_COLUMNS = ("model",)
 PER_ROW_SUFFIX = "_per_row"
 CHECKPOINTS_TABLE = "checkpoints"
 SECTIONS = (
@@ -205,6 +205,15 @@ def headline_table(
         counts.append(f"{int(frame['rows'].iloc[0])} rows")
     if "groups" in frame and frame["groups"].nunique() == 1:
         counts.append(f"{int(frame['groups'].iloc[0])} circular groups")
+    # Table 1's columns stay as they are; the protocol that made the rows (a "<model> [<protocol>]" row names its
+    # own) and the rows a judge decided are said beside the title.
+    if "protocol" in frame:
+        kinds = [k for k in dict.fromkeys(frame["protocol"].dropna().astype(str)) if k not in ("", "–", "-")]
+        if kinds:
+            counts.append("scored with " + " / ".join(kinds))
+    if "judged rows" in frame:
+        judged = pd.to_numeric(frame["judged rows"], errors="coerce").fillna(0).sum()
+        counts.append(f"{int(judged)} rows decided by a judge")
     what = "; ".join(p for p in (HEADLINE_WHAT.get(bench), ", ".join(counts)) if p)
     # rows compared with a paper model of another name (not a protocol variant "<model> [<protocol>]" of it)
     renamed = {

@@ -63,7 +63,10 @@ def multinode_train_job(tmp_path_factory):
     config = yaml.safe_load((REPO_ROOT / "config/config.yaml").read_text())
     per_node = dict(config["runs"][RUN]["resources"])
     overlay = tmp_path_factory.mktemp("multinode") / "nodes.yaml"
-    overlay.write_text(yaml.safe_dump({"runs": {RUN: {"resources": {"nodes": NODES}}}}))
+    # Twice the GPUs at the same per-device batch: the run states the doubled global batch (24 x NODES) explicitly.
+    run = config["runs"][RUN]
+    doubled = run["per_device_train_batch_size"] * run["resources"]["gpus"] * NODES
+    overlay.write_text(yaml.safe_dump({"runs": {RUN: {"resources": {"nodes": NODES}, "global_batch_size": doubled}}}))
     cmd = [
         *(sys.executable, "-m", "snakemake", f"results/models/{RUN}", "-n", "-p", "--forceall"),
         *("--profile", "profiles/slurm", "--configfile", "config/config.yaml", str(overlay)),

@@ -100,6 +100,10 @@ MODEL_ORDER = ("7b", "3b")
 # ---------------------------------------------------------------- recipes and memory
 
 
+#: Tokens per SFT sequence measured when the run sets no max_length: the official recipe's max_length.
+MEASURED_SFT_LENGTH = 2048
+
+
 def load_recipes(config_path: Path, sft_run: str, grpo_run: str) -> dict:
     """The SFT and GRPO runs, pixel limits, system prompt and evaluation length of the (validated) config."""
     from spatialreasoner.config import load_config
@@ -114,8 +118,12 @@ def load_recipes(config_path: Path, sft_run: str, grpo_run: str) -> dict:
         if runs[name].get("stage") != stage:
             raise ConfigError(f"{config_path}: runs.{name} is a {runs[name].get('stage')} run, not {stage}")
     drop = ("resources", "init", "data", "stop_steps", "num_train_epochs", "save_steps", "wandb", "report_to")
+    sft = {k: v for k, v in runs[sft_run].items() if k not in drop}
+    if sft.get("max_length") is None:
+        # A run that truncates nothing (the paper's) is measured at the official recipe's length.
+        sft["max_length"] = MEASURED_SFT_LENGTH
     return {
-        "sft": {k: v for k, v in runs[sft_run].items() if k not in drop},
+        "sft": sft,
         "grpo": {k: v for k, v in runs[grpo_run].items() if k not in drop},
         "min_pixels": int(config["vision"]["min_pixels"]),
         "max_pixels": int(config["vision"]["max_pixels"]),
@@ -141,7 +149,7 @@ def estimate_gib(kind: str, model: str, recipe: dict, gpu_gib: float, image_toke
             return 0.85 * gpu_gib if 2 * p < 0.6 * gpu_gib * gib else float("inf")
         return 1.3 * 2 * p / gib
     if kind.startswith("sft"):
-        tokens = recipe["per_device_train_batch_size"] * (recipe.get("max_length") or 2048)
+        tokens = recipe["per_device_train_batch_size"] * (recipe.get("max_length") or MEASURED_SFT_LENGTH)
         logit_tokens = tokens
     else:
         prompt = image_tokens + 200
