@@ -4,7 +4,8 @@
 #   bash scripts/test.sh --quick    the quick tier, run before each commit: every test not marked slow or slurm
 #   --cov                           also measure line coverage of src/spatialreasoner (subprocesses and workflow jobs
 #                                   included) and print it; combine with --quick for the quick tier's figure
-# Other arguments go to pytest (e.g. -k tiny, -x).
+# Tests run in TEST_WORKERS pytest-xdist processes (default 2; 0 runs them in this process), each test module and all
+# SLURM tests on one worker (tests/conftest.py). Other arguments go to pytest (e.g. -k tiny, -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=false
@@ -26,4 +27,4 @@ if $cov; then
     # [tool.coverage] in pyproject.toml starts coverage in every Python subprocess too (patch = subprocess).
     args=(--cov --cov-report=term "${args[@]}")
 fi
-.venv/bin/python -m pytest "${args[@]}"
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadgroup "${args[@]}"
