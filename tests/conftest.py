@@ -21,6 +21,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # each other: on 2 loaded cores, 2-thread generation with the tiny model was measured 20x slower than 1-thread.
 # Workflow jobs get their rule's `threads` from Snakemake itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A single-process torch.distributed group (accelerate's CPU state, vLLM colocated in a trainer) listens on
+# MASTER_PORT, 29500 unless set: each pytest-xdist worker gets its own, so that two such tests never collide.
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    os.environ.setdefault("MASTER_PORT", str(29600 + int(os.environ["PYTEST_XDIST_WORKER"][2:])))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -187,7 +187,11 @@ def test_undecided_rows_go_to_the_judge_and_every_reply_is_cached(judge_server, 
     fallback = int(judged["fallback"].sum())
     assert summary["judge_fallback"] == fallback
     shown = scoring_markdown({"3DSRBench": {"m [vlmevalkit]": tmp_path / "score"}})
-    assert f"| 3DSRBench | m [vlmevalkit] | vlmevalkit | 2 ({fallback} by fallback) |" in shown
+    undecided = summary["undecided"]
+    assert (
+        f"| 3DSRBench | m [vlmevalkit] | vlmevalkit | 2 ({fallback} by fallback); {undecided} undecided by the "
+        f"matcher, judge: {summary['judge_model']} |" in shown
+    ), shown
     with pytest.raises(DataError, match="judged on another prediction"):
         score_file(preds2, "3DSRBench", tmp_path / "s2", protocol="vlmevalkit", reference=bench, judged=out)
 

@@ -103,9 +103,18 @@ def sft_trained_dir(tiny_model_dir, train_tables, tmp_path_factory) -> Path:
     """The tiny model after a brief SFT (so GRPO has non-zero rewards and advantages)."""
     from spatialreasoner.train.main import train
 
+    import torch
+
     root = tmp_path_factory.mktemp("sft-trained")
     cfg = {**FAST_SFT, "stop_steps": 60}
-    return train("sft-fixture", cfg, tiny_model_dir, train_tables["sft"], root / "work", root / "model", seed=0)
+    # Trained at torch's default of one thread per core (the suite runs one): the tests that start from this model
+    # (GRPO rewards, vLLM's agreement with the trained weights) were established on the model two threads make.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return train("sft-fixture", cfg, tiny_model_dir, train_tables["sft"], root / "work", root / "model", seed=0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def read_state(folder: Path) -> dict:
