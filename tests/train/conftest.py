@@ -101,9 +101,9 @@ FAST_SFT = {
 @pytest.fixture(scope="session")
 def sft_trained_dir(tiny_model_dir, train_tables, tmp_path_factory) -> Path:
     """The tiny model after a brief SFT (so GRPO has non-zero rewards and advantages)."""
-    from spatialreasoner.train.main import train
-
     import torch
+
+    from spatialreasoner.train.main import train
 
     root = tmp_path_factory.mktemp("sft-trained")
     cfg = {**FAST_SFT, "stop_steps": 60}
