@@ -21,10 +21,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # each other: on 2 loaded cores, 2-thread generation with the tiny model was measured 20x slower than 1-thread.
 # Workflow jobs get their rule's `threads` from Snakemake itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# A single-process torch.distributed group (accelerate's CPU state, vLLM colocated in a trainer) listens on
-# MASTER_PORT, 29500 unless set: each pytest-xdist worker gets its own, so that two such tests never collide.
-if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
-    os.environ.setdefault("MASTER_PORT", str(29600 + int(os.environ["PYTEST_XDIST_WORKER"][2:])))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,6 +29,8 @@ def pytest_collection_modifyitems(config, items):
     them. Modules with slow tests are handed out first, so that the longest ones do not start last."""
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
         group = "slurm" if item.get_closest_marker("slurm") else item.module.__name__
         item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.module.__name__ not in slow_modules)  # stable: the order within each stays
