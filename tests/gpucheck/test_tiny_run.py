@@ -11,9 +11,7 @@ import sys
 import pytest
 
 # One run of every stage (two vLLM engine starts among them): a few minutes on a quiet 2-core machine.
-# vLLM colocated in a trainer opens a one-process torch.distributed group on the default port: one such test at a
-# time (one xdist worker for this module and tests/train/test_vllm_colocate.py).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000), pytest.mark.xdist_group("vllm-colocate")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,6 @@ import pytest
 
 from .test_grpo import GRPO_CFG, PROMPTS
 
-# vLLM colocated in a trainer opens a one-process torch.distributed group on the default port: one such test at a
-# time (one xdist worker for this module and tests/gpucheck/test_tiny_run.py).
-pytestmark = pytest.mark.xdist_group("vllm-colocate")
-
 STEPS = 2
 #: Not the model folder's own limits (3136-19600): the engine must resize images as the trainer's processor does.
 LIMITS = {"min_pixels": 28 * 28 * 8, "max_pixels": 28 * 28 * 25}
