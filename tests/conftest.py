@@ -23,6 +23,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# First: pytest-xdist's own hook (registered after this file) turns each item's xdist_group marker into its node id,
+# so markers added after it are ignored and a module's tests are spread over the workers.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`), keep each module on one worker, so that its module-scoped fixtures (a
     workflow run, a trained model) are built once, and every SLURM test on one worker, so that one test cluster serves

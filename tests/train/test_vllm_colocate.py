@@ -56,6 +56,8 @@ def test_grpo_generates_with_vllm_and_syncs_the_trained_weights(sft_trained_dir,
     from spatialreasoner.train.main import train
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    for name in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK"):  # as a run without a launcher
+        monkeypatch.delenv(name, raising=False)
     built, calls = [], {"sync": 0, "generate": 0}
     real_build = grpo.build_trainer
 
@@ -82,6 +84,8 @@ def test_grpo_generates_with_vllm_and_syncs_the_trained_weights(sft_trained_dir,
                 prompts=PROMPTS, seed=0, **LIMITS)  # fmt: skip
     trainer = built[0]
     assert trainer.state.global_step == STEPS
+    # the engine's one-process group took a port of its own, not TRL's fixed first choices
+    assert os.environ["MASTER_PORT"] not in {"29500", "23456", "12355", "12345"}
     # every step generated through vLLM after pushing the weights of that step
     assert calls["sync"] == STEPS and calls["generate"] >= STEPS
     assert max(h.get("grad_norm", 0) for h in trainer.state.log_history) > 0
@@ -96,6 +100,8 @@ def test_grpo_generates_with_vllm_and_syncs_the_trained_weights(sft_trained_dir,
     to_trained, to_start = max_gap(from_vllm, trained), max_gap(from_vllm, started)
     print(f"largest log-prob gap over vLLM's top 20 next tokens: to the trained model {to_trained:.2e}, "
           f"to the starting model {to_start:.2e}")  # fmt: skip
-    assert to_trained < 2e-3  # vLLM computes with the trained weights (float32 kernels differ a little)
+    # vLLM computes with the trained weights, the tied LM head included (float32 kernels differ a little: measured
+    # 1e-6 after a reload of the whole state dict; 1.2e-3 when the tied LM head kept its starting weights)
+    assert to_trained < 1e-4
     assert to_start > 10 * to_trained  # and training moved them far enough to tell
     assert (out / "model.safetensors").is_file()

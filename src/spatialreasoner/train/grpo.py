@@ -151,8 +151,13 @@ def build_trainer(
     processor.tokenizer.padding_side = "left"
     engine = contextlib.nullcontext()
     if vllm["mode"] == "colocate":
-        from spatialreasoner.train.vllm_colocate import colocated_engine_arguments, engine_pixel_limits
+        from spatialreasoner.train.vllm_colocate import (
+            colocated_engine_arguments,
+            engine_pixel_limits,
+            single_process_rendezvous,
+        )
 
+        single_process_rendezvous()
         # The engine sees the images as the trainer's processor does (the run's pixel limits), one per prompt, and
         # computes in the training dtype (vLLM's "auto" would run a float32 model in bfloat16 on a CPU).
         engine = colocated_engine_arguments(

@@ -16,10 +16,31 @@ prompt whose image was seen before the update would otherwise reuse embeddings o
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
+
+
+def single_process_rendezvous() -> None:
+    """Give a run started without a launcher its own ``MASTER_PORT`` for the engine's one-process group.
+
+    The colocated engine sets up torch.distributed even in one process; launchers (accelerate, torchrun, DeepSpeed)
+    set ``MASTER_PORT`` themselves. Without one, TRL takes the first free port of a fixed list (29500 first), so two
+    such runs starting together on one machine both pick 29500 and the second fails with EADDRINUSE. A port the
+    system hands out (bind to port 0) avoids that. An explicit ``MASTER_PORT`` is kept."""
+    if os.environ.get("MASTER_PORT", "").strip().lower() not in ("", "0", "auto"):
+        return
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:  # every rank must find one port: the launcher's to choose
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["MASTER_ADDR"] = os.environ.get("MASTER_ADDR") or "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    log.info("colocated vLLM: one-process group on port %d", port)
 
 
 def engine_pixel_limits(processor) -> dict:
@@ -45,14 +66,39 @@ def colocated_engine_arguments(**extra) -> Iterator[None]:
         generation.LLM = original
 
 
+def tied_names(model) -> dict[str, list[str]]:
+    """For each parameter ``named_parameters()`` yields, the other names it is tied to (``lm_head.weight`` of a model
+    with tied word embeddings), which ``named_parameters()`` leaves out."""
+    first, tied = {}, {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            tied.setdefault(first[id(param)], []).append(name)
+        else:
+            first[id(param)] = name
+    return tied
+
+
+def _weights_with_tied_copies(generation) -> Iterator[tuple[str, object]]:
+    """TRL's weights for vLLM (each parameter once), with each tied parameter also under its other names.
+
+    A vLLM model on the CPU keeps a tied LM head as its own repacked GEMM weight, so reloading only the input
+    embedding would leave the LM head at the weights the engine started with."""
+    fix = generation._fix_param_name_to_vllm
+    tied = {fix(name): [fix(other) for other in others] for name, others in tied_names(generation.model).items()}
+    # A gathered (ZeRO-3) parameter is only whole inside TRL's iteration; vLLM may hold it until its layer is
+    # complete, so it gets a copy.
+    for name, tensor in generation._iter_named_params():
+        copy = tensor.detach().clone()
+        yield name, copy
+        for other in tied.get(name, ()):
+            yield other, copy
+
+
 def reload_colocated_weights(generation) -> None:
     """Push the trainer's current weights into TRL's colocated engine (``generation``: TRL's VLLMGeneration)."""
     llm = generation.llm
     runner = llm.llm_engine.model_executor.driver_worker.model_runner
-    # A gathered (ZeRO-3) parameter is only whole inside TRL's iteration; vLLM may hold it until its layer is
-    # complete, so it gets a copy.
-    weights = ((name, tensor.detach().clone()) for name, tensor in generation._iter_named_params())
-    runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    runner.reload_weights(weights_iterator=_weights_with_tied_copies(generation), is_checkpoint_format=True)
     llm.reset_prefix_cache()
     llm.llm_engine.reset_encoder_cache()
     llm.reset_mm_cache()
