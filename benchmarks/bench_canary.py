@@ -177,7 +177,9 @@ def canary_accuracy(model: Path, tsv: Path, out: Path, batch_size: int = 16) -> 
     return {"accuracy": 100.0 * hits / len(df), "rows": len(df), "unmatched": unmatched}
 
 
-def train_canary(model: Path, table: Path, work: Path, epochs: int, mutation: str | None, seed: int = 0) -> Path:
+def train_canary(
+    model: Path, table: Path, work: Path, epochs: int, mutation: str | None, seed: int = 0, lr: float | None = None
+) -> Path:
     """SFT of ``model`` on the canary table with the project's ``train``; returns the final model folder."""
     import pyarrow.parquet as pq
 
@@ -186,6 +188,8 @@ def train_canary(model: Path, table: Path, work: Path, epochs: int, mutation: st
     rows = pq.ParquetFile(table).metadata.num_rows
     steps = epochs * -(-rows // CANARY_SFT["per_device_train_batch_size"])
     cfg = {**CANARY_SFT, "num_train_epochs": epochs, "save_steps": max(1, steps // 2), "stop_steps": steps}
+    if lr is not None:
+        cfg["learning_rate"] = lr
     if mutation == "resume-without-weights":
         # stop at half the schedule, then resume (a rerun of the same job) with the weights not restored
         train("canary", {**cfg, "stop_steps": steps // 2}, model, table, work / "ckpt", work / "half", seed=seed)
@@ -196,17 +200,19 @@ def train_canary(model: Path, table: Path, work: Path, epochs: int, mutation: st
         return train("canary", cfg, model, table, work / "ckpt", work / "model", seed=seed)
 
 
-def run_variant(mutation: str | None, base: Path, table: Path, tsv: Path, root: Path, epochs: int) -> dict:
+def run_variant(
+    mutation: str | None, base: Path, table: Path, tsv: Path, root: Path, epochs: int, lr: float | None = None
+) -> dict:
     """Train (or reuse the unmutated model) and score one variant."""
     work = root / (mutation or "baseline")
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if mutation in TRAINING_MUTATIONS:
-        model = train_canary(base, table, work, epochs, mutation)
+        model = train_canary(base, table, work, epochs, mutation, lr=lr)
     elif (root / "baseline" / "model").is_dir():
         model = root / "baseline" / "model"
     else:
-        model = train_canary(base, table, root / "baseline", epochs, None)
+        model = train_canary(base, table, root / "baseline", epochs, None, lr=lr)
     bench = tsv
     if mutation in ("blank-images", "shuffled-images"):
         bench = mutate_images(tsv, work / "Canary.tsv", mutation.split("-")[0])
@@ -221,6 +227,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8, help="canary pairs (two pictures each)")
     parser.add_argument("--repeats", type=int, default=8, help="times each canary row appears in the SFT table")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=CANARY_SFT["learning_rate"])
     parser.add_argument("--only", default="", help="comma-separated variants (baseline and mutations); default all")
     parser.add_argument("--keep", default=None, help="folder to keep the work in (default: a temporary one)")
     args = parser.parse_args()
@@ -241,12 +248,12 @@ def main() -> None:
         table, tsv = write_canary(root / "data", args.pairs, args.repeats)
         print(
             f"canary: {args.pairs} pairs ({2 * args.pairs} rows, chance 50%), each row {args.repeats}x in the SFT "
-            f"table, {args.epochs} epochs; threads {torch.get_num_threads()}"
+            f"table, {args.epochs} epochs at lr {args.lr}; threads {torch.get_num_threads()}"
         )
         results = {}
         for variant in variants:
             mutation = None if variant == "baseline" else variant
-            results[variant] = run_variant(mutation, base, table, tsv, root, args.epochs)
+            results[variant] = run_variant(mutation, base, table, tsv, root, args.epochs, args.lr)
             r = results[variant]
             print(
                 f"{variant:24s} canary accuracy {r['accuracy']:5.1f}% of {r['rows']} rows "
