@@ -23,7 +23,7 @@ import pandas as pd
 
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.evaluate.rows import decode_image, read_benchmark
-from spatialreasoner.evaluate.tables import read_benchmark_rows, read_hits
+from spatialreasoner.evaluate.tables import CANARY_NOTE, read_benchmark_rows, read_hits
 from spatialreasoner.prompts import OPTION_LETTERS, is_present
 from spatialreasoner.utils import atomic_path, json_object_arg, package_versions, redact, redact_url
 
@@ -258,6 +258,8 @@ def write_report(
         body.append(markdown_html(Path(summary).read_text()))
     for path in tables:
         body += [f"<h3>{_e(Path(path).name)}</h3>", _csv_html(Path(path))]
+        if Path(path).name == "Canary.csv":  # the memorisation check is no generalisation claim: say so where shown
+            body.append(f"<p>{_e(CANARY_NOTE)}</p>")
     body.append('<h2 id="figures">Figures</h2>')
     for path in figures:
         body.append(
