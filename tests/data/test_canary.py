@@ -114,3 +114,21 @@ def test_canary_is_tabled_like_the_other_benchmarks(tmp_path, synthetic):
     )
     assert curve["metric"].tolist() == ["overall", "overall"]
     assert curve["accuracy"].tolist() == [50.0, 100.0]
+
+
+def test_canary_rows_reach_the_canonical_sft_table(tmp_path, synthetic):
+    from spatialreasoner.cli import main
+
+    images = tmp_path / "images"
+    assert main(["extract", "--tar", str(synthetic / "openimages.tar"), "--out", str(images / "openimages")]) == 0
+    assert main(["extract", "--tar", str(synthetic / "llava.tar"), "--out", str(images / "llava")]) == 0
+    out = tmp_path / "sft.parquet"
+    args = ["canonicalize", "--kind", "sft", "--annotations", str(synthetic / SFT_DIR), "--images",
+            f"image_filename={images / 'openimages/openimages'}", f"image_path={images / 'llava/llava'}",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    sft = pd.read_parquet(out)
+    canary = sft[sft["category"] == "nearer_object"]
+    assert len(canary) == 6 * 4
+    assert canary["image"].str.contains("canary-").all()
+    assert canary["answer_cot"].str.contains("<answer>").all()
