@@ -11,7 +11,8 @@ the evaluation's matcher, and repeats it with one mutation at a time:
   and data position but not its weights (the initial model's instead);
 - ``other-chat-template``: inference with a different chat template than training's.
 
-Each should bring the canary to chance (50%; at most 60%). Usage (about 1-2 minutes per variant on 2 cores):
+Each should bring the canary to chance (50%; at most 60%). Usage (a training variant runs ``train`` once or twice;
+the inference variants reuse the unmutated model):
 
     python benchmarks/bench_canary.py [--pairs 8] [--repeats 8] [--epochs 6] [--only baseline,blank-images]
 """
