@@ -322,7 +322,8 @@ def _generate(out_dir: str | Path, cfg: dict) -> dict:
         canary_b64 = {}
         for item in canary:
             data = encode_jpeg(render(item.scene), quality)
-            tar.add(f"openimages/{item.image_name}", data)
+            if cfg["canary"]["repeats"]:  # the SFT rows' pictures; the benchmark carries its own
+                tar.add(f"openimages/{item.image_name}", data)
             canary_b64[item.image_name] = _b64(data)
             scenes += 1
             bar.update()
