@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 #: A canary small enough to memorise in a few dozen CPU steps (the demo's is larger and mixed into its SFT data).
-PAIRS, REPEATS, EPOCHS, LR = 2, 16, 8, 1e-2
+PAIRS, REPEATS, EPOCHS, LR = 2, 16, 16, 1e-2
 #: The issue's bounds: a working chain memorises the canary; a cut one is at chance (50%) or below this.
 MEMORISED, AT_CHANCE = 85.0, 60.0
 
