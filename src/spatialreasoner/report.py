@@ -29,6 +29,7 @@ from markupsafe import Markup, escape
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.evaluate.rows import decode_image, read_benchmark
 from spatialreasoner.evaluate.tables import (
+    CANARY_NOTE,
     HIGH,
     LOW,
     PAPER_ALIASES,
@@ -39,7 +40,7 @@ from spatialreasoner.evaluate.tables import (
     read_table_csv,
 )
 from spatialreasoner.prompts import OPTION_LETTERS, is_present
-from spatialreasoner.taxonomy import CVB, SRB, SRB_TYPES
+from spatialreasoner.taxonomy import CANARY, CVB, SRB, SRB_TYPES
 from spatialreasoner.utils import atomic_path, json_object_arg, package_versions, redact, redact_url
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,8 @@ def headline_table(
         note = "The paper's numbers beside a row are its paper model's: " + "; ".join(
             f"{m} → {p}" for m, p in renamed.items()
         )
+    if bench == CANARY:  # a memorisation check of the chain, no generalisation claim: said where it is shown
+        note = " ".join(filter(None, (note, CANARY_NOTE)))
     return {
         "anchor": "headline-" + re.sub(r"[^A-Za-z0-9]+", "-", bench).strip("-").lower(),
         "title": bench,

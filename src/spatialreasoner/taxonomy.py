@@ -5,7 +5,9 @@ Order matters: it is the column order of the paper's tables.
 
 SRB = "3DSRBench"
 CVB = "CV-Bench-3D"
-BENCHMARKS = (SRB, CVB)
+#: SynthSpatial's canary (spatialreasoner.synth.canary): a memorisation check of the chain, scored per question.
+CANARY = "Canary"
+BENCHMARKS = (SRB, CVB, CANARY)
 
 #: 3DSRBench question types and their subtypes (the ``category`` column), in the paper's table order.
 SRB_TYPES: dict[str, tuple[str, ...]] = {
@@ -23,3 +25,5 @@ SRB_TYPES: dict[str, tuple[str, ...]] = {
 SRB_SUBTYPES: tuple[str, ...] = tuple(s for subs in SRB_TYPES.values() for s in subs)
 #: CV-Bench-3D's categories.
 CVB_CATEGORIES: tuple[str, ...] = ("Depth", "Distance")
+#: The canary's one category.
+CANARY_CATEGORIES: tuple[str, ...] = ("nearer_object",)

@@ -68,7 +68,7 @@ def test_generation_is_deterministic_and_seeded(tmp_path):
     generate(c, {**SMALL, "seed": 1})
     da, db, dc = digest_tree(a), digest_tree(b), digest_tree(c)
     assert da == db
-    assert len(da) == 10  # 2 tars, 2 TSVs, 2 annotation folders of a card and 2 parquet splits
+    assert len(da) == 11  # 2 tars, 3 TSVs (with the canary), 2 annotation folders of a card and 2 parquet splits
     assert da[BENCH_3DSR] != dc[BENCH_3DSR]
 
 

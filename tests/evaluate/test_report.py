@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from spatialreasoner.errors import DataError
-from spatialreasoner.evaluate.tables import CVB_MEAN, CVB_POOLED, write_tables
+from spatialreasoner.evaluate.tables import CANARY_NOTE, CVB_MEAN, CVB_POOLED, write_tables
 from spatialreasoner.report import markdown_html, pick_examples, reasoning_of, software_versions, write_report
 
 from .test_tables import MODELS, write_case
@@ -69,16 +69,19 @@ def make_workflow_outputs(tmp_path):
 
 
 def write_canary_table(path):
-    """A further benchmark's table in the shape every table has (model, counts, accuracy with its interval)."""
+    """A further benchmark's table (the canary's) in the shape every table has (model, counts, accuracy with its
+    interval, protocol)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
             "model": ["ours", "base", "chance (expected)"],
             "rows": [48, 48, 48],
             "unmatched (%)": [0.0, 2.1, None],
-            "accuracy": [91.7, 50.0, 50.0],
-            "accuracy ci_low": [83.3, 35.4, 50.0],
-            "accuracy ci_high": [97.9, 64.6, 50.0],
+            "overall": [91.7, 50.0, 50.0],
+            "overall ci_low": [83.3, 35.4, 50.0],
+            "overall ci_high": [97.9, 64.6, 50.0],
+            "protocol": ["answer tag", "answer tag", "–"],
+            "judged rows": [0, 0, 0],
         }
     ).to_csv(path, index=False)
     return path
@@ -186,10 +189,12 @@ def test_a_further_benchmark_table_joins_the_first_screen_only_when_given(tmp_pa
     page = _report(tmp_path, shared_outputs, tables=[canary, w["CV-Bench-3D"], w["3DSRBench"]]).read_text()
     headline = [t for t in tables_of(page) if "headline" in t["classes"]]
     # 3DSRBench and CV-Bench-3D first, whatever the order given, then the further table with every accuracy
-    assert [t["rows"][0][1] for t in headline] == ["overall", CVB_POOLED, "accuracy"]
-    assert headline[2]["rows"][0] == ["model", "accuracy"]
+    assert [t["rows"][0][1] for t in headline] == ["overall", CVB_POOLED, "overall"]
+    assert headline[2]["rows"][0] == ["model", "overall"]
     assert headline[2]["rows"][1] == ["ours", "91.7 [83.3, 97.9]"]
     assert page.index('id="headline-canary"') < page.index("<details")
+    # the canary is a memorisation check, and says so where it is shown
+    assert page.index(CANARY_NOTE.split("; ")[1]) < page.index("<details")
     without = _report(tmp_path / "b", shared_outputs).read_text()
     assert "Canary" not in without and len([t for t in tables_of(without) if "headline" in t["classes"]]) == 2
 

@@ -86,14 +86,18 @@ def test_checkpoint_of_a_run_that_is_not_evaluated_is_refused_by_validate_config
 
 
 def test_save_total_limit_that_deletes_an_evaluated_checkpoint_is_refused(demo_config):
-    # Checkpoints 130, 260 and 388 are saved; a limit of 2 keeps 260 and 388 only.
+    # Every save_steps-th step and the last are saved; a limit keeps the newest only.
+    run = demo_config["runs"][SFT]
+    saved = [*range(run["save_steps"], run["stop_steps"], run["save_steps"]), run["stop_steps"]]
+    evaluated = demo_config["evaluate"]["checkpoints"][SFT]
+    needed = len(saved) - saved.index(min(evaluated))  # from the oldest evaluated checkpoint on
     rejected(
-        with_run(demo_config, SFT, save_total_limit=2),
-        f"config key runs.{SFT}.save_total_limit: 2",
-        "[130]",
+        with_run(demo_config, SFT, save_total_limit=needed - 1),
+        f"config key runs.{SFT}.save_total_limit: {needed - 1}",
+        f"[{min(evaluated)}",
         f"evaluate.checkpoints.{SFT}",
     )
-    validate_config(with_run(demo_config, SFT, save_total_limit=3))
+    validate_config(with_run(demo_config, SFT, save_total_limit=needed))
 
 
 # --- counts that cannot work -----------------------------------------------------------------------------------------

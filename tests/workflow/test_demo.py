@@ -101,3 +101,43 @@ def test_demo_draws_the_report_figures(demo_run):
     for figure in figures:
         with Image.open(work / figure) as img:
             assert img.format == "PNG" and min(img.size) > 200, (figure, img.size)
+
+
+@pytest.mark.slow
+def test_demo_tables_the_canary_for_every_model_with_chance(demo_run):
+    from spatialreasoner.evaluate.tables import CANARY_NOTE, CHANCE
+
+    work, config, _ = demo_run
+    table = pd.read_csv(work / "results/tables/Canary.csv").set_index("model")
+    assert list(table.columns[:5]) == ["rows", "unmatched (%)", "overall", "overall ci_low", "overall ci_high"]
+    assert set(config["evaluate"]["models"]) | {CHANCE} <= set(table.index)
+    assert table.loc[CHANCE, "overall"] <= 55.0
+    assert (table["rows"] == 2 * config["synthetic"]["canary"]["pairs"]).all()
+    assert CANARY_NOTE in (work / "results/tables/summary.md").read_text()
+    assert "memorisation check of the chain" in (work / "results/report/report.html").read_text()
+
+
+@pytest.mark.slow
+def test_demo_sft_memorises_the_canary_and_grpo_keeps_it(demo_run):
+    work, _, _ = demo_run
+    table = pd.read_csv(work / "results/tables/Canary.csv").set_index("model")
+    sft, grpo = table.loc["SpatialReasoner-SFT"], table.loc["SpatialReasoner"]
+    assert sft["overall"] >= 85.0, table.to_string()
+    assert grpo["overall"] >= sft["overall ci_low"], table.to_string()
+    # the text alone gives chance: the base model, which never saw the canary, is not above it
+    assert table.loc["tiny-Qwen2.5-VL", "overall ci_low"] <= 50.0, table.to_string()
+
+
+@pytest.mark.slow
+def test_demo_follows_the_canary_along_the_sft_checkpoints(demo_run):
+    work, config, _ = demo_run
+    curve = pd.read_csv(work / "results/tables/checkpoints.csv")
+    canary = curve[(curve["benchmark"] == "Canary") & (curve["run"] == "SpatialReasoner-SFT")]
+    steps = [
+        0,
+        *config["evaluate"]["checkpoints"]["SpatialReasoner-SFT"],
+        config["runs"]["SpatialReasoner-SFT"]["stop_steps"],
+    ]
+    assert canary["step"].tolist() == steps
+    final = pd.read_csv(work / "results/tables/Canary.csv").set_index("model").loc["SpatialReasoner-SFT", "overall"]
+    assert canary["accuracy"].iloc[-1] == final

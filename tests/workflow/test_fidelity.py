@@ -143,7 +143,8 @@ def test_protocols_side_by_side_and_the_judge_in_the_dag(repo_root, tmp_path):
     lines = [line.strip().removeprefix("Shell command:").strip() for line in proc.stdout.splitlines()]
     commands = [line for line in lines if line.startswith("spatialreasoner ")]
     judge = [c for c in commands if " judge " in c]
-    assert len(judge) == 2 * len(config["evaluate"]["models"])  # every model x benchmark
+    # every model x benchmark
+    assert len(judge) == len(config["evaluate"]["benchmarks"]) * len(config["evaluate"]["models"])
     model = "SpatialReasoner"
     judge_cmd = next(c for c in judge if f"results/predictions/{model}/3DSRBench.parquet" in c)
     args = shlex.split(judge_cmd)

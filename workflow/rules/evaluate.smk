@@ -66,6 +66,7 @@ PAPER_NAMES |= {row: PAPER_NAMES[model] for row, (model, _) in PROTOCOL_ROWS.ite
 TABLE_CAPTIONS = {
     "3DSRBench": "../report/table_3dsrbench.rst",
     "CV-Bench-3D": "../report/table_cv_bench_3d.rst",
+    "Canary": "../report/table_canary.rst",
 }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.prompts import is_present
 from spatialreasoner.synth.questions import CATEGORIES_CVBENCH3D, SUBTYPES_3DSRBENCH
+from spatialreasoner.taxonomy import CANARY, CANARY_CATEGORIES
 from spatialreasoner.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 BENCHMARKS = {
     "3DSRBench": {"categories": SUBTYPES_3DSRBENCH, "extra_required": ("qid",)},
     "CV-Bench-3D": {"categories": CATEGORIES_CVBENCH3D, "extra_required": ()},
+    CANARY: {"categories": CANARY_CATEGORIES, "extra_required": ()},
 }
 REQUIRED = ("index", "question", "A", "B", "answer", "category", "image")
 OPTION_LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
@@ -246,7 +248,7 @@ def prepare(src: str | Path, bench: str, out: str | Path) -> dict:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", required=True, help="3DSRBench or CV-Bench-3D")
+    parser.add_argument("--benchmark", required=True, help=", ".join(BENCHMARKS))
     parser.add_argument("--tsv", required=True, help="downloaded VLMEvalKit TSV")
     parser.add_argument("--out", required=True, help="validated copy")
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 SYNTHETIC_DIR = "resources/synthetic"
-SYNTHETIC_FILES = ("openimages.tar", "llava.tar", "3dsrbench_v1_vlmevalkit_circular.tsv", "CV-Bench-3D.tsv")
+SYNTHETIC_FILES = (
+    "openimages.tar",
+    "llava.tar",
+    "3dsrbench_v1_vlmevalkit_circular.tsv",
+    "CV-Bench-3D.tsv",
+    "Canary.tsv",
+)
 SYNTHETIC_DIRS = ("SpatialReasonerTrain-SFT", "SpatialReasonerTrain-RL")
 
 

@@ -17,6 +17,7 @@ from spatialreasoner.evaluate.score import HITS_FILE
 from spatialreasoner.evaluate.tables import (
     CVB_POOLED,
     DEFAULT_RESAMPLES,
+    TABLE_COLUMNS,
     Units,
     column_samples,
     read_benchmark_rows,
@@ -24,7 +25,7 @@ from spatialreasoner.evaluate.tables import (
     read_hits,
     score_provenance,
 )
-from spatialreasoner.taxonomy import BENCHMARKS, SRB
+from spatialreasoner.taxonomy import BENCHMARKS, CANARY, SRB
 from spatialreasoner.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Columns of ``checkpoints.csv``.
 COLUMNS = ("run", "step", "benchmark", "metric", "rows", "accuracy", "ci_low", "ci_high", "protocol", "judged rows")
 #: The accuracy each benchmark reports along training (the tables' main overall).
-METRIC = {SRB: "overall (circular)", "CV-Bench-3D": CVB_POOLED}
+METRIC = {SRB: "overall (circular)", "CV-Bench-3D": CVB_POOLED, CANARY: "overall"}
 
 
 def _parse_point(value: str) -> tuple[str, int, str, str]:
@@ -73,7 +74,7 @@ def checkpoint_table(
         hits = read_hits(Path(folder) / HITS_FILE, bench, rows)
         num, den = units.numerators(hits["hit"].to_numpy(dtype=float), circular=bench == SRB)
         main = METRIC[bench]
-        value, samples = column_samples(units, num, den, counts)["overall" if bench == SRB else CVB_POOLED]
+        value, samples = column_samples(units, num, den, counts)[TABLE_COLUMNS[bench][0]]
         est = intervals.estimate(value, samples, units=intervals.unit_count(den))
         records.append(
             {"run": run, "step": step, "benchmark": bench, "metric": main, "rows": len(rows),

@@ -28,7 +28,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.evaluate.tables import CHANCE, CVB_MEAN, CVB_POOLED, HIGH, LOW, PAPER_ALIASES, read_table_csv
-from spatialreasoner.taxonomy import BENCHMARKS, CVB, CVB_CATEGORIES, SRB, SRB_SUBTYPES, SRB_TYPES
+from spatialreasoner.taxonomy import BENCHMARKS, CANARY, CVB, CVB_CATEGORIES, SRB, SRB_SUBTYPES, SRB_TYPES
 from spatialreasoner.utils import atomic_path, json_object_arg
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ BASELINE_GREYS = {CHANCE: "0.45"}
 PANELS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     SRB: (("overall and question types", ("overall", *SRB_TYPES)), ("subtypes", SRB_SUBTYPES)),
     CVB: (("overall and categories", (CVB_POOLED, CVB_MEAN, *CVB_CATEGORIES)),),
+    CANARY: (("memorisation check of the chain (training rows, not generalisation)", ("overall",)),),
 }
 _REWARD_KEY = re.compile(r"^rewards/(.+)/mean$")
 

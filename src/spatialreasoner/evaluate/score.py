@@ -1,6 +1,7 @@
 """Score benchmark predictions with VLMEvalKit's deterministic matcher: per-row hits and the benchmark's table rows.
 
-3DSRBench is scored with circular accuracy over question groups (and per row); CV-Bench-3D per question, pooled.
+3DSRBench is scored with circular accuracy over question groups (and per row); CV-Bench-3D and the canary per
+question, pooled.
 With ``--reference`` (the workflow always gives the benchmark) every benchmark column is taken from the benchmark and
 the predictions file contributes only its ``prediction`` column: a row whose question, options, answer, category or
 qid disagrees with the benchmark is an error naming the rows.
@@ -23,7 +24,16 @@ import pandas as pd
 from spatialreasoner.errors import DataError
 from spatialreasoner.matcher import PROTOCOLS, answer_content, choices_of, match_option
 from spatialreasoner.prompts import OPTION_LETTERS, is_present
-from spatialreasoner.taxonomy import BENCHMARKS, CVB, CVB_CATEGORIES, SRB, SRB_SUBTYPES, SRB_TYPES
+from spatialreasoner.taxonomy import (
+    BENCHMARKS,
+    CANARY,
+    CANARY_CATEGORIES,
+    CVB,
+    CVB_CATEGORIES,
+    SRB,
+    SRB_SUBTYPES,
+    SRB_TYPES,
+)
 from spatialreasoner.utils import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -32,8 +42,9 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     SRB: ("overall", *SRB_TYPES, *SRB_SUBTYPES),
     CVB: ("overall", *CVB_CATEGORIES),
+    CANARY: ("overall", *CANARY_CATEGORIES),
 }
-CATEGORIES: dict[str, tuple[str, ...]] = {SRB: SRB_SUBTYPES, CVB: CVB_CATEGORIES}
+CATEGORIES: dict[str, tuple[str, ...]] = {SRB: SRB_SUBTYPES, CVB: CVB_CATEGORIES, CANARY: CANARY_CATEGORIES}
 
 #: Files written into a score folder.
 HITS_FILE = "hits.csv"

@@ -21,15 +21,21 @@ import pandas as pd
 
 from spatialreasoner.errors import ConfigError, DataError
 from spatialreasoner.evaluate import intervals
-from spatialreasoner.evaluate.score import HITS_FILE, circular_group, read_table
+from spatialreasoner.evaluate.score import CATEGORIES, HITS_FILE, circular_group, read_table
 from spatialreasoner.matcher import choices_of
 from spatialreasoner.prompts import OPTION_LETTERS
-from spatialreasoner.taxonomy import BENCHMARKS, CVB, CVB_CATEGORIES, SRB, SRB_SUBTYPES, SRB_TYPES
+from spatialreasoner.taxonomy import BENCHMARKS, CANARY, CVB, CVB_CATEGORIES, SRB, SRB_SUBTYPES, SRB_TYPES
 from spatialreasoner.utils import atomic_path, json_object_arg
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.md"
+#: What the canary's figures mean, wherever they are shown.
+CANARY_NOTE = (
+    f"{CANARY}: SynthSpatial's paired pictures whose question text alone gives chance (the picture decides the "
+    "answer); its rows are also SFT rows, so it is a memorisation check of the chain (image, training, saving, "
+    "loading, inference, scoring), not a generalisation claim."
+)
 #: CV-Bench-3D's overall over all questions, and the original CV-Bench's definition (mean of the two categories).
 CVB_POOLED = "overall (pooled)"
 CVB_MEAN = "overall (mean of Depth and Distance)"
@@ -37,9 +43,11 @@ CVB_MEAN = "overall (mean of Depth and Distance)"
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     SRB: ("overall", *SRB_TYPES, *SRB_SUBTYPES),
     CVB: (CVB_POOLED, CVB_MEAN, *CVB_CATEGORIES),
+    # one category: its column would repeat the overall
+    CANARY: ("overall",),
 }
 #: The columns the summary shows for each benchmark when the paper gives none of them.
-HEADLINE: dict[str, tuple[str, ...]] = {SRB: ("overall", *SRB_TYPES), CVB: (CVB_POOLED, CVB_MEAN)}
+HEADLINE: dict[str, tuple[str, ...]] = {SRB: ("overall", *SRB_TYPES), CVB: (CVB_POOLED, CVB_MEAN), CANARY: ("overall",)}
 #: Names in ``paper`` that stand for a table column (the published CV-Bench-3D "overall" is the pooled one).
 PAPER_ALIASES: dict[str, dict[str, str]] = {CVB: {"overall": CVB_POOLED}}
 COUNT_COLUMNS = ("rows", "groups", "unmatched (%)")
@@ -209,8 +217,8 @@ class Units:
             for sub in SRB_SUBTYPES:
                 masks[sub] = cats == sub
         else:
-            masks[CVB_POOLED] = None
-            for cat in CVB_CATEGORIES:
+            masks[TABLE_COLUMNS[self.benchmark][0]] = None
+            for cat in CATEGORIES[self.benchmark]:
                 masks[cat] = cats == cat
         return masks
 
@@ -301,6 +309,8 @@ def summary_markdown(
         f"`{CHANCE}` is the expected accuracy of a uniform guess among each row's options. `(paper)` is the "
         "published number, `(diff)` = ours - paper. Full tables: the CSV files next to this summary."
     )
+    if CANARY in results:
+        lines += ["", CANARY_NOTE]
     for bench, result in results.items():
         table, samples = result["table"], result["samples"]
         published_all = paper.get(bench, {}) or {}

@@ -15,7 +15,9 @@ Output layout (names fixed, mirroring the Hugging Face sources):
   B, C, D, answer, category, question_index, image_filename``.
 - ``3dsrbench_v1_vlmevalkit_circular.tsv``: ``index, qid, question, A, B, C, D, answer, category, image`` with
   circular variants ``X, X-1, ...`` and, for left/right-sensitive subtypes, mirrored ``X-flip, X-flip-1, ...``;
-- ``CV-Bench-3D.tsv``: ``index, question, A, B, answer, category, image, source`` (categories Depth, Distance).
+- ``CV-Bench-3D.tsv``: ``index, question, A, B, answer, category, image, source`` (categories Depth, Distance);
+- ``Canary.tsv``: the canary (``spatialreasoner.synth.canary``), CV-Bench-3D's columns plus ``pair``; its pictures
+  and questions also join the SFT train split ``canary.repeats`` times each (images ``openimages/canary-*.jpg``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spatialreasoner.errors import ConfigError
+from spatialreasoner.synth.canary import canary_items
 from spatialreasoner.synth.questions import CATEGORIES_CVBENCH3D, COT_DECIMALS, SUBTYPES_3DSRBENCH, Question, ask
 from spatialreasoner.synth.render import encode_jpeg, render
 from spatialreasoner.synth.scene import Scene, mirror, sample_scene
@@ -48,7 +51,8 @@ SFT_DIR = "SpatialReasonerTrain-SFT"
 RL_DIR = "SpatialReasonerTrain-RL"
 BENCH_3DSR = "3dsrbench_v1_vlmevalkit_circular.tsv"
 BENCH_CVB = "CV-Bench-3D.tsv"
-OUTPUTS = (OPENIMAGES_TAR, LLAVA_TAR, SFT_DIR, RL_DIR, BENCH_3DSR, BENCH_CVB)
+BENCH_CANARY = "Canary.tsv"
+OUTPUTS = (OPENIMAGES_TAR, LLAVA_TAR, SFT_DIR, RL_DIR, BENCH_3DSR, BENCH_CVB, BENCH_CANARY)
 
 # Subtypes whose answer changes under a horizontal flip get mirrored "-flip" variants, as in 3DSRBench.
 FLIP_SUBTYPES = ("orientation_on_the_left", "orientation_viewpoint", "multi_object_viewpoint_towards_object")
@@ -64,11 +68,15 @@ DEFAULTS: dict = {
     "rl": {"train": 96, "val": 12},
     "3DSRBench": {"questions": 60, "flip": list(FLIP_SUBTYPES)},
     "CV-Bench-3D": {"questions": 120},
+    # `pairs`: canary scenes (two pictures each); `repeats`: how many times each canary row joins the SFT data
+    "canary": {"pairs": 16, "repeats": 0},
     "jpeg_quality": 90,
     "cot_decimals": 2,
 }
 # Independent random streams, so that changing one count does not change the other parts.
-STREAMS = {"sft-train": 1, "sft-val": 2, "rl-train": 3, "rl-val": 4, "llava": 5, "3DSRBench": 6, "CV-Bench-3D": 7}
+STREAMS = {
+    "sft-train": 1, "sft-val": 2, "rl-train": 3, "rl-val": 4, "llava": 5, "3DSRBench": 6, "CV-Bench-3D": 7, "canary": 8
+}  # fmt: skip
 TAR_MTIME = 0  # fixed tar mtime: identical inputs give byte-identical outputs
 
 
@@ -102,6 +110,11 @@ def resolve_config(cfg: dict | None) -> dict:
             f"synthetic.sft.categories: expected distinct question categories among {', '.join(known)}; "
             f"got {categories!r}"
         )
+    for key in ("pairs", "repeats"):
+        value = out["canary"][key]
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= (1 if key == "pairs" else 0)):
+            least = "1" if key == "pairs" else "0"
+            raise ConfigError(f"synthetic.canary.{key}: expected an integer of at least {least}, got {value!r}")
     unknown_flip = set(out["3DSRBench"]["flip"]) - set(SUBTYPES_3DSRBENCH)
     if unknown_flip:
         raise ConfigError(f"synthetic.3DSRBench.flip: unknown subtypes {sorted(unknown_flip)}")
@@ -282,7 +295,7 @@ def _generate(out_dir: str | Path, cfg: dict) -> dict:
     total = (
         cfg["sft"]["train"] + cfg["sft"]["val"] + cfg["sft"]["conversations"] + cfg["rl"]["train"] + cfg["rl"]["val"]
     )
-    total += cfg["3DSRBench"]["questions"] + cfg["CV-Bench-3D"]["questions"]
+    total += cfg["3DSRBench"]["questions"] + cfg["CV-Bench-3D"]["questions"] + 2 * cfg["canary"]["pairs"]
     bar = tqdm(total=total, desc="synthesize", unit="q", mininterval=1.0)
     scenes = 0
 
@@ -302,6 +315,20 @@ def _generate(out_dir: str | Path, cfg: dict) -> dict:
                 rows.append(_qa_row(item, with_cot=kind == "sft"))
                 bar.update()
             splits[kind][split] = rows
+        # The canary's pictures share the tar; its rows join the SFT train split, repeated.
+        canary = list(
+            canary_items(int(cfg["image_size"]), cfg["canary"]["pairs"], lambda i: scene_rng(cfg["seed"], "canary", i))
+        )
+        canary_b64 = {}
+        for item in canary:
+            data = encode_jpeg(render(item.scene), quality)
+            if cfg["canary"]["repeats"]:  # the SFT rows' pictures; the benchmark carries its own
+                tar.add(f"openimages/{item.image_name}", data)
+            canary_b64[item.image_name] = _b64(data)
+            scenes += 1
+            bar.update()
+        for _ in range(int(cfg["canary"]["repeats"])):
+            splits["sft"]["train"] += [_qa_row(item, with_cot=True) for item in canary]
         # LLaVA-style conversation rows join the SFT train split, with their own tar.
         with atomic_path(out / LLAVA_TAR) as tmp_llava:
             llava = TarWriter(tmp_llava)
@@ -385,6 +412,15 @@ def _generate(out_dir: str | Path, cfg: dict) -> dict:
     bar.close()
     _write_tsv(pd.DataFrame(rows), out / BENCH_CVB)
     counts["CV-Bench-3D_rows"] = len(rows)
+
+    rows = []
+    for item in canary:
+        q = item.question
+        row = {"index": len(rows), "question": q.question, "A": q.options[0], "B": q.options[1]}
+        row |= {"answer": q.answer_letter, "category": q.category, "image": canary_b64[item.image_name]}
+        rows.append(row | {"source": "SynthSpatial canary", "pair": item.pair})
+    _write_tsv(pd.DataFrame(rows), out / BENCH_CANARY)
+    counts["Canary_rows"] = len(rows)
     elapsed = time.perf_counter() - started
     counts["scenes"] = scenes
     log.info("synthesized %s into %s in %.1f s (%.0f scenes/s)", counts, out, elapsed, scenes / max(elapsed, 1e-9))

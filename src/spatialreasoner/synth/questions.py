@@ -49,7 +49,8 @@ ALIGNED_MAX_DEG, NOT_ALIGNED_MIN_DEG = 20.0, 40.0
 
 @dataclass(frozen=True)
 class Question:
-    """A question in its canonical option order; ``answer`` indexes ``options``."""
+    """A question in its canonical option order; ``answer`` indexes ``options``. ``concluded``: the reasoning ends
+    with a "Therefore, the answer is X" sentence (False: the reasoning itself ends on the decision)."""
 
     category: str
     question: str
@@ -57,6 +58,7 @@ class Question:
     answer: int
     reasoning: tuple[str, ...]
     objects: tuple[str, ...]
+    concluded: bool = True
 
     def rotated(self, k: int) -> Question:
         """Options rotated left by ``k`` (3DSRBench's circular variants X-k)."""
@@ -69,6 +71,7 @@ class Question:
             (self.answer - k) % n,
             self.reasoning,
             self.objects,
+            self.concluded,
         )
 
     @property
@@ -77,8 +80,10 @@ class Question:
 
     def answer_cot(self) -> str:
         """Reasoning in <think>, the letter in <answer> (the SFT targets' format)."""
-        conclusion = f"Therefore, the answer is {self.answer_letter}. {self.options[self.answer]}."
-        return "<think>" + "\n".join((*self.reasoning, conclusion)) + f"</think>\n<answer>{self.answer_letter}</answer>"
+        conclusion = (f"Therefore, the answer is {self.answer_letter}. {self.options[self.answer]}.",) * self.concluded
+        return (
+            "<think>" + "\n".join((*self.reasoning, *conclusion)) + f"</think>\n<answer>{self.answer_letter}</answer>"
+        )
 
 
 #: Decimals of the locations, vectors and distances (metres) the reasoning states (``synthetic.cot_decimals``), set
