@@ -14,7 +14,7 @@ the evaluation's matcher, and repeats it with one mutation at a time:
 Each should bring the canary to chance (50%; at most 60%). Usage (a training variant runs ``train`` once or twice;
 the inference variants reuse the unmutated model):
 
-    python benchmarks/bench_canary.py [--pairs 8] [--repeats 8] [--epochs 6] [--only baseline,blank-images]
+    python benchmarks/bench_canary.py [--pairs 16] [--repeats 16] [--epochs 4] [--only baseline,blank-images]
 """
 
 from __future__ import annotations
@@ -225,9 +225,9 @@ def run_variant(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=8, help="canary pairs (two pictures each)")
-    parser.add_argument("--repeats", type=int, default=8, help="times each canary row appears in the SFT table")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=16, help="canary pairs (two pictures each)")
+    parser.add_argument("--repeats", type=int, default=16, help="times each canary row appears in the SFT table")
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=CANARY_SFT["learning_rate"])
     parser.add_argument("--only", default="", help="comma-separated variants (baseline and mutations); default all")
     parser.add_argument("--keep", default=None, help="folder to keep the work in (default: a temporary one)")
