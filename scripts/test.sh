@@ -25,6 +25,7 @@ if $quick; then
 fi
 if $cov; then
     # [tool.coverage] in pyproject.toml starts coverage in every Python subprocess too (patch = subprocess).
-    args=(--cov --cov-report=term "${args[@]}")
+    # Measuring slows the workflow runs several times: the demo's run alone outlasts the usual 900 s per test.
+    args=(--cov --cov-report=term --timeout 3600 "${args[@]}")
 fi
-.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadgroup "${args[@]}"
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder "${args[@]}"

@@ -23,20 +23,39 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# The two longest work units of the full suite, each about 6 minutes of one worker on 2 cores: every SLURM test (one
+# cluster, the shrunk DAG through it) and the local demo run that the demo tests read. They are handed out first, one
+# to each worker; started last, they left one worker idle for minutes at the end.
+LONGEST_GROUPS = ("slurm", "tests/workflow/test_demo.py")
+
+
+def xdist_group(item) -> str:
+    """The work unit a test belongs to: the SLURM tests together, otherwise its module."""
+    if item.get_closest_marker("slurm"):
+        return "slurm"
+    return Path(item.path).relative_to(REPO_ROOT).as_posix()
+
+
 # First: pytest-xdist's own hook (registered after this file) turns each item's xdist_group marker into its node id,
 # so markers added after it are ignored and a module's tests are spread over the workers.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`), keep each module on one worker, so that its module-scoped fixtures (a
     workflow run, a trained model) are built once, and every SLURM test on one worker, so that one test cluster serves
-    them. Modules with slow tests are handed out first, so that the longest ones do not start last."""
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    them. Work units are handed out in collection order (scripts/test.sh passes `--no-loadscope-reorder`, without which
+    xdist would hand out the units with most tests first): the longest groups, then modules with slow tests, then the
+    rest, so that the longest ones do not start last."""
+    slow_groups = {xdist_group(item) for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> tuple[int, int]:
+        group = xdist_group(item)
+        first = LONGEST_GROUPS.index(group) if group in LONGEST_GROUPS else len(LONGEST_GROUPS)
+        return first, group not in slow_groups
+
     for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        group = "slurm" if item.get_closest_marker("slurm") else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)  # stable: the order within each stays
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    items.sort(key=rank)  # stable: the order within each group stays
 
 
 @pytest.fixture(scope="session")

@@ -56,24 +56,31 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def log_file_argument(argv: list[str]) -> str | None:
+    """The ``--log FILE`` given before the subcommand, read before any subcommand module is imported, so that an
+    error while importing one (a missing CUDA library, a broken install) reaches the log file too."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--log", default=None)
+    known, _ = pre.parse_known_args(argv[: next((i for i, a in enumerate(argv) if a in SUBCOMMANDS), len(argv))])
+    return known.log
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in SUBCOMMANDS), None)
-    parser = build_parser(only=command)
-    args = parser.parse_args(argv)
     # Secrets never leave the process: not in its messages, nor in servers' replies or libraries' tracebacks.
     redact_standard_streams()
-    setup_logging(args.log)
-    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    setup_logging(log_file_argument(argv))
     try:
-        result = module.run(args)
+        args = build_parser(only=command).parse_args(argv)  # imports the subcommand's module
+        result = importlib.import_module(SUBCOMMANDS[args.command][0]).run(args)
     except SpatialReasonerError as exc:
-        logging.getLogger("spatialreasoner").error("%s: %s", args.command, redact(str(exc)))
+        logging.getLogger("spatialreasoner").error("%s: %s", command, redact(str(exc)))
         return 2
     except Exception:
         # An unexpected error (CUDA OOM, an import error, NCCL): its traceback goes to the rule's --log file too,
         # which on a cluster is where a person looks; the exit status stays that of an uncaught exception.
-        logging.getLogger("spatialreasoner").error("%s failed:\n%s", args.command, redact(traceback.format_exc()))
+        logging.getLogger("spatialreasoner").error("%s failed:\n%s", command, redact(traceback.format_exc()))
         return 1
     return int(result or 0)
 

@@ -20,6 +20,7 @@ import yaml
 
 from spatialreasoner.errors import ConfigError
 from spatialreasoner.train.launch import SIGNAL_MARGIN, check_run_accelerate_config, stop_signal_lead
+from spatialreasoner.utils import redact_url
 
 SCHEMA_RELATIVE = Path("workflow") / "schemas" / "config.schema.yaml"
 
@@ -36,6 +37,39 @@ def schema_path() -> Path:
 
 def load_schema(path: str | Path | None = None) -> dict:
     return yaml.safe_load(Path(path or schema_path()).read_text())
+
+
+#: The workflow's files, relative to the repository: the Snakefile and the rule files it includes.
+WORKFLOW_FILES = ("workflow/Snakefile", "workflow/rules/*.smk")
+_RULE_DECLARATION = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:", re.MULTILINE)
+
+
+def workflow_rule_names(root: str | Path | None = None) -> set[str]:
+    """The rules the workflow declares (``rule <name>:`` in its files), read from the repository ``root`` (this
+    checkout's by default) without running Snakemake."""
+    root = Path(root) if root is not None else schema_path().parents[2]
+    names: set[str] = set()
+    for pattern in WORKFLOW_FILES:
+        for path in sorted(root.glob(pattern)):
+            names.update(_RULE_DECLARATION.findall(path.read_text()))
+    if not names:
+        raise ConfigError(f"no rule declared in {', '.join(WORKFLOW_FILES)} under {root}")
+    return names
+
+
+def check_local_rules(config: Mapping, rule_names=None) -> list[str]:
+    """``local_rules``, each a rule of the workflow: ``rule_names`` (the Snakefile passes the rules Snakemake read),
+    by default those its files declare (:func:`workflow_rule_names`)."""
+    local = list(config.get("local_rules", []))
+    if not local:
+        return local
+    rules = set(workflow_rule_names() if rule_names is None else rule_names)
+    for i, name in enumerate(local):
+        if name not in rules:
+            raise ConfigError(
+                f"config key local_rules[{i}]: {name!r} is not a rule of the workflow; expected some of {sorted(rules)}"
+            )
+    return local
 
 
 def key_path(parts) -> str:
@@ -567,12 +601,14 @@ def apply_evaluate_only(config: dict) -> None:
         evaluate["benchmarks"] = list(only["benchmarks"])
 
 
-def validate_config(config: dict, schema: dict | None = None) -> dict:
-    """Schema (with defaults) then cross-reference checks; returns the same, completed, dict."""
+def validate_config(config: dict, schema: dict | None = None, rule_names=None) -> dict:
+    """Schema (with defaults) then cross-reference checks; returns the same, completed, dict. ``rule_names``: the
+    workflow's rules that ``local_rules`` may name (by default those of this checkout's workflow files)."""
     if not isinstance(config, dict):
         raise ConfigError(f"the configuration must be a mapping, got {type(config).__name__}")
     check_finite_numbers(config)
     validate_schema(config, schema)
+    check_local_rules(config, rule_names)
     # Counts the job's GPUs cannot hold come first: the global batch is made of them.
     check_counts(config)
     resolve_global_batch(config)
@@ -606,6 +642,15 @@ def check_judge_url(config: Mapping) -> None:
         raise ConfigError(
             "config key evaluate.judge.base_url: holds credentials (user:password@), which would be shown in job "
             "commands; expected a URL without them, with the key in the variable evaluate.judge.api_key_env names"
+        )
+    try:  # urlsplit checks the port only when it is read (a port of 99999 or "80a" passes the checks above)
+        problem = "port 0 is not one a server listens on" if parts.port == 0 else None
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        raise ConfigError(
+            f"config key evaluate.judge.base_url: {redact_url(url)!r} has an invalid port ({problem}); expected "
+            "http(s)://host[:port]/v1 with a port from 1 to 65535"
         )
 
 

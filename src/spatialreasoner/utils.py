@@ -26,6 +26,12 @@ MIN_SECRET_LENGTH = 6
 _REGISTERED_SECRETS: set[str] = set()
 # Credentials that are recognisable by their form wherever they come from: a URL's userinfo and HTTP auth headers.
 _URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
+# A URL's query parameter whose name says it carries a credential (token=, api_key=, X-Amz-Signature=, sig=, ...).
+_URL_SECRET_PARAM = re.compile(
+    r"(?<=://)([^\s'\"<>]*?[?&;][^=&;#\s'\"<>]*(?:token|key|sig|secret|passw|pwd|credential|auth|session)"
+    r"[^=&;#\s'\"<>]*=)(?!\*\*\*(?:[&;#\s'\"<>]|$))[^&;#\s'\"<>]+",
+    re.I,
+)
 _AUTH_VALUE = re.compile(
     r"(\bAuthorization['\"]?\s*[:=]\s*['\"]?(?:Bearer|Basic|token)\s+|\bBearer\s+(?=[A-Za-z0-9._~+/=-]{16}))"
     r"[A-Za-z0-9._~+/=-]+",
@@ -53,6 +59,28 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+
+class RedactingFilter(logging.Filter):
+    """A filter that replaces every known secret in a record's text (message, arguments and any other text field)
+    before a handler sees it: put on a logger whose handlers belong to someone else (Snakemake's, which prints the
+    errors a Snakefile raises)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.getMessage() if record.args else record.msg)
+            record.args = None
+        if record.exc_info and not record.exc_text:  # a handler's formatter shows exc_text when it is set
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        for key, value in vars(record).items():
+            if isinstance(value, str) and key not in _PLAIN_RECORD_FIELDS:
+                setattr(record, key, redact(value))
+        return True
+
+
+#: A log record's own fields that hold no text of the message (file and function names, level, thread...), and
+#: ``msg``, redacted apart.
+_PLAIN_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) - {"exc_text", "stack_info"}
 
 
 class RedactingStream:
@@ -175,12 +203,17 @@ def package_versions(names=("torch", "transformers", "trl", "accelerate", "datas
 
 def redact(text: str) -> str:
     """Replace every secret in ``text`` by ``***``: the values of secret environment variables and of registered
-    secrets, a URL's ``user:password@`` and the value of an HTTP ``Bearer``/``Basic`` credential."""
+    secrets, a URL's ``user:password@`` and its query values whose parameter names a credential (``?token=``,
+    ``X-Amz-Signature=``), and the value of an HTTP ``Bearer``/``Basic`` credential."""
     for value in known_secrets():
         if value in text:
             text = text.replace(value, "***")
     if "@" in text:
         text = _URL_USERINFO.sub("***@", text)
+    if "://" in text:
+        previous = None
+        while previous != text:  # one parameter per pass: a URL may carry several
+            previous, text = text, _URL_SECRET_PARAM.sub(r"\1***", text)
     return _AUTH_VALUE.sub(lambda m: f"{m.group(1)}***", text)
 
 

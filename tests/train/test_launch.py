@@ -62,7 +62,9 @@ def test_vllm_server_takes_the_last_gpu_and_three_train():
     cfg = {**run_cfg(gpus=4), "vllm": {"mode": "server", "server_gpus": 1, "gpu_memory_utilization": 0.6}}
     assert training_processes(cfg) == 3
     cmd = train_command("r", cfg, **PATHS)
-    assert cmd.startswith("CUDA_VISIBLE_DEVICES=3 trl vllm-serve --model resources/models/base")
+    free, rest = cmd.split("; ", 1)
+    assert free == f"python -m spatialreasoner.train.lock {PATHS['checkpoint_dir']} --log {PATHS['log']} || exit 2"
+    assert rest.startswith("CUDA_VISIBLE_DEVICES=3 trl vllm-serve --model resources/models/base")
     assert f'trap "kill $server" EXIT; CUDA_VISIBLE_DEVICES=0,1,2 {" ".join(LAUNCHER_ENV)} accelerate launch' in cmd
     assert "--num_processes 3 " in cmd
 

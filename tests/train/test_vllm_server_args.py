@@ -24,6 +24,8 @@ LIMITS = {"min_pixels": 59716, "max_pixels": 200704}
 def server_argv(run=RUN, init="resources/models/base", **limits):
     cmd = train_command("r", run, init=str(init), data="d.parquet", checkpoint_dir="c", out="o", log="l.log", seed=7,
                         **limits)  # fmt: skip
+    free, cmd = cmd.split("; ", 1)  # first the check that no other job writes the checkpoint folder
+    assert free.startswith("python -m spatialreasoner.train.lock c ")
     server = cmd.split(" >> ")[0]
     argv = shlex.split(server)
     assert argv[0] == "CUDA_VISIBLE_DEVICES=3" and argv[1:3] == ["trl", "vllm-serve"]

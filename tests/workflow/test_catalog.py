@@ -25,8 +25,10 @@ def test_the_catalog_file_names_the_usage_and_configuration(repo_root):
     named = set(re.findall(r"config/[\w.-]+\.yaml", usage["mandatory-flags"]["desc"]))
     assert named == {p.relative_to(repo_root).as_posix() for p in (repo_root / "config").glob("*.yaml")}
     assert any(usage["software-stack-deployment"].values()) and usage["report"] is True
-    # the catalog finds the workflow by its Snakefile, rule modules ending in .smk and config/README.md
-    assert (repo_root / "Snakefile").is_file() and (repo_root / "config/README.md").is_file()
+    # the catalog reads workflow/Snakefile whenever a workflow/ folder exists (a root Snakefile is then not looked
+    # for), rule modules ending in .smk in workflow/rules, and config/README.md
+    assert (repo_root / "workflow/Snakefile").is_file() and (repo_root / "config/README.md").is_file()
+    assert not (repo_root / "Snakefile").exists(), "Snakemake would run a root Snakefile before workflow/Snakefile"
     assert all(p.suffix == ".smk" for p in (repo_root / "workflow/rules").iterdir())
 
 

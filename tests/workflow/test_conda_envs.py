@@ -52,7 +52,7 @@ def snakemake(repo: Path, workdir: Path, tmp: Path, *args: str, timeout: int = 9
         str(Path(sys.executable).parent / "snakemake"),
         *args,
         "-s",
-        str(repo / "Snakefile"),
+        str(repo / "workflow" / "Snakefile"),
         "--directory",
         str(workdir),
         "--configfile",

@@ -1,5 +1,6 @@
 """Configurations that cannot work are refused by the one validation that ``validate-config`` and the Snakefile
-share: numbers that are not finite, counts larger than the job's GPUs, checkpoints that would not exist."""
+share: numbers that are not finite, counts larger than the job's GPUs, checkpoints that would not exist, rules that
+are not the workflow's."""
 
 from __future__ import annotations
 
@@ -144,6 +145,15 @@ def test_judge_base_url_must_be_a_url(demo_config):
     validate_config(config)
 
 
+@pytest.mark.parametrize("url", ["http://localhost:99999/v1", "https://judge.example:8000x/v1", "http://[::1]:0/v1"])
+def test_judge_base_url_with_an_invalid_port_is_refused(demo_config, url):
+    config = copy.deepcopy(demo_config)
+    config["evaluate"]["judge"] = {"base_url": url}
+    rejected(config, f"config key evaluate.judge.base_url: {url!r} has an invalid port", "from 1 to 65535")
+    config["evaluate"]["judge"] = {"base_url": "http://localhost:65535/v1"}
+    validate_config(config)
+
+
 def test_judge_base_url_with_credentials_is_refused_without_showing_them(demo_config):
     config = copy.deepcopy(demo_config)
     config["evaluate"]["judge"] = {"base_url": "https://bob:s3cr3t-pw@judge.example/v1"}
@@ -158,3 +168,51 @@ def test_vllm_tensor_parallel_on_a_machine_without_gpu_stops_before_the_engine()
     with pytest.raises(ConfigError, match="tensor_parallel_size: 2 on a machine without a GPU"):
         engine_kwargs({"model": "m", "tensor_parallel_size": 2}, on_cpu=True)
     assert engine_kwargs({"model": "m", "tensor_parallel_size": 2}, on_cpu=False)["tensor_parallel_size"] == 2
+
+
+# --- local_rules: the workflow's rules, for validate-config as for the Snakefile --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def listed_rules(repo_root) -> list[str]:
+    """The rules Snakemake reads from the workflow (``snakemake --list-rules``), sorted."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--list-rules", "--configfile", "config/demo.yaml"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sorted(proc.stdout.split())
+
+
+def test_an_unknown_local_rule_is_refused_alike_by_validate_config_and_the_snakefile(
+    repo_root, tmp_path, demo_config, listed_rules
+):
+    config = copy.deepcopy(demo_config)
+    config["local_rules"] = ["fetch", "no_such_rule"]
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    refusal = (
+        f"config key local_rules[1]: 'no_such_rule' is not a rule of the workflow; expected some of {listed_rules}"
+    )
+    runs = {
+        "validate-config": [sys.executable, "-m", "spatialreasoner.cli", "validate-config", str(path)],
+        "snakemake": [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(path)],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, (name, out[-3000:])
+        assert refusal in out and "Job stats" not in out, (name, out[-3000:])
+    # Every rule Snakemake reads may be named; an empty list names none.
+    validate_config({**copy.deepcopy(demo_config), "local_rules": listed_rules})
+    validate_config({**copy.deepcopy(demo_config), "local_rules": []})
+
+
+def test_the_rules_validate_config_knows_are_those_snakemake_reads(repo_root, listed_rules):
+    from spatialreasoner.config import workflow_rule_names
+
+    assert sorted(workflow_rule_names(repo_root)) == listed_rules
+    assert sorted(workflow_rule_names()) == listed_rules  # this checkout's, found from the package

@@ -4,6 +4,7 @@ model, the evaluation's pixel limits, the official circular grouping, and protoc
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -168,19 +169,140 @@ def test_protocols_side_by_side_and_the_judge_in_the_dag(repo_root, tmp_path):
     assert pixel_args["results/models/SpatialReasoner-SFT"] is False  # the folder's own limits
 
 
-def test_every_ledger_entry_names_files_and_lines_that_exist_here(repo_root):
-    """Each table row of docs/fidelity.md names a file and line on both sides; this repository's side must exist."""
-    import re
+#: The first characters of this repository's paths in docs/fidelity.md; the official side's are prefixed with
+#: ``official:``, ``fork:``, ``trl:`` or ``transformers:`` and are not checked here.
+HERE = ("src/spatialreasoner/", "config/", "workflow/", "tests/", "scripts/")
+CODE_SPAN = re.compile(r"`([^`]+)`")
+#: ``path:line anchor`` or ``path:first-last anchor``; the anchor is a name or a "quoted fragment" of the first line.
+REFERENCE = re.compile(r"(?P<path>[^\s:]+):(?P<first>\d+)(?:-(?P<last>\d+))?(?: (?P<anchor>\S.*))?")
+TEST_NAME = re.compile(r"(?P<path>(?:tests/[\w/]*)?(?:test_\w+\.py)?)::(?P<name>\w+)")
+NAME = re.compile(r"[A-Za-z_]\w*")
 
+
+def definition_lines(lines: list[str], name: str, snakemake: bool) -> list[int]:
+    """The lines (1-based) where ``def``/``class`` (and a Snakemake ``rule``) ``name`` is defined."""
+    keywords = r"def|async\s+def|class" + (r"|rule" if snakemake else "")
+    pattern = re.compile(rf"\s*(?:{keywords})\s+{re.escape(name)}\b")
+    return [i for i, line in enumerate(lines, 1) if pattern.match(line)]
+
+
+def anchor_problem(lines: list[str], path: str, first: int, last: int, anchor: str | None) -> str | None:
+    """Why ``path:first[-last] anchor`` does not point at what it names, or None.
+
+    The anchor describes the reference's (first) line: a name defined there by ``def``/``class``/``rule`` when the
+    file defines it so, else a name occurring there as a word; or a double-quoted fragment of that line."""
+    if anchor is None:
+        return 'names no anchor: write `path:line name` or `path:line "fragment of the line"`'
+    if not 1 <= first <= last <= len(lines):
+        return f"lines {first}-{last} are not within the file's {len(lines)} lines"
+    line = lines[first - 1]
+    if len(anchor) > 1 and anchor[0] == anchor[-1] == '"':
+        fragment = anchor[1:-1]
+        return None if fragment in line else f"line {first} does not hold {fragment!r}: {line.strip()!r}"
+    if not NAME.fullmatch(anchor):
+        return f'anchor {anchor!r} is neither a name nor a "quoted fragment"'
+    defined = definition_lines(lines, anchor, path.endswith(".smk"))
+    if defined:
+        return None if first in defined else f"{anchor} is defined at line(s) {defined}, not {first}"
+    if re.search(rf"(?<!\w){re.escape(anchor)}(?!\w)", line):
+        return None
+    return f"line {first} does not hold the name {anchor}: {line.strip()!r}"
+
+
+def ledger_problems(text: str, repo_root, files: dict | None = None) -> tuple[list[str], int]:
+    """Every reference of docs/fidelity.md to this repository that does not point at what it names, and the number
+    of references checked: files that do not exist, lines whose anchor is not there, test names not defined in
+    their file, and a bare ``:line`` continuing a reference of this repository (write the path and anchor again).
+    ``files``: what was read so far (shared between calls)."""
+    problems, checked = [], 0
+    files = {} if files is None else files
+
+    def read(path):
+        if path not in files:
+            file = repo_root / path
+            files[path] = file.read_text().splitlines() if file.is_file() else None
+        return files[path]
+
+    for number, line in enumerate(text.splitlines(), 1):
+        where = f"docs/fidelity.md:{number}"
+        bare = re.search(r"(?:src/spatialreasoner|config|workflow|tests|scripts)/[\w./-]+:\d", CODE_SPAN.sub("", line))
+        if bare:
+            problems.append(f"{where}: {bare.group(0)!r} outside a code span")
+        last_path, last_test_file = None, None
+        for span in CODE_SPAN.findall(line):
+            if re.fullmatch(r":\d[\d,-]*", span):
+                if last_path is not None and last_path.startswith(HERE):
+                    problems.append(f"{where}: `{span}` continues {last_path}: write the path and an anchor")
+                continue
+            test = TEST_NAME.fullmatch(span)
+            if test:
+                path = test["path"]
+                if not path:
+                    path = last_test_file
+                elif not path.startswith(HERE):  # a test file named without its folder
+                    key = ("tests named", path)
+                    if key not in files:
+                        files[key] = [str(p.relative_to(repo_root)) for p in (repo_root / "tests").rglob(path)]
+                    path = files[key][0] if len(files[key]) == 1 else None
+                checked += 1
+                lines = read(path) if path else None
+                if lines is None or not definition_lines(lines, test["name"], False):
+                    problems.append(f"{where}: `{span}`: no test {test['name']} in {path or 'a unique test file'}")
+                last_test_file = path
+                continue
+            if not span.startswith(HERE):
+                last_path = span
+                continue
+            ref = REFERENCE.fullmatch(span)
+            path = ref["path"] if ref else span.split()[0]
+            last_path = path
+            lines = read(path)
+            checked += 1
+            if lines is None:
+                problems.append(f"{where}: `{span}`: {path} does not exist")
+            elif ref:
+                first = int(ref["first"])
+                problem = anchor_problem(lines, path, first, int(ref["last"] or first), ref["anchor"])
+                if problem:
+                    problems.append(f"{where}: `{span}`: {problem}")
+            elif path != span or ":" in span:
+                problems.append(f"{where}: `{span}` is neither a file nor `path:line anchor`")
+            if path.startswith("tests/") and path.endswith(".py"):
+                last_test_file = path
+    return problems, checked
+
+
+def test_every_ledger_entry_names_files_and_lines_that_exist_here(repo_root):
+    """Each table row of docs/fidelity.md names a file and line on both sides; each reference to this repository
+    names what its line holds (a definition, a name or a quoted fragment), which must be there."""
     text = (repo_root / "docs/fidelity.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| what ")]
     rows = [r for r in rows if not r.startswith("| ---")]
     assert len(rows) >= 25
     for row in rows:
         assert re.search(r"(official|fork|trl|transformers):", row), f"no official side: {row[:80]}"
-        here = re.findall(r"((?:src/spatialreasoner|config|workflow|tests)/[\w./-]+):(\d+)", row)
+        here = [s for s in CODE_SPAN.findall(row) if s.startswith(HERE) and REFERENCE.fullmatch(s)]
         assert here, f"no file and line of this repository: {row[:80]}"
-        for path, line in here:
-            file = repo_root / path
-            assert file.is_file(), path
-            assert int(line) <= len(file.read_text().splitlines()), f"{path}:{line}"
+    problems, checked = ledger_problems(text, repo_root)
+    assert checked >= 60
+    assert not problems, "\n".join(problems)
+
+
+def test_a_reference_left_behind_by_moved_code_fails_the_ledger_check(repo_root):
+    """Every line reference to this repository, moved one to three lines down or up, is reported: lines inserted or
+    removed above the code a reference names are caught (an anchor that its neighbouring lines also hold is not)."""
+    text = (repo_root / "docs/fidelity.md").read_text()
+    references = []
+    for span in sorted(set(CODE_SPAN.findall(text))):
+        ref = REFERENCE.fullmatch(span)
+        if span.startswith(HERE) and ref and ref["anchor"]:
+            references.append((span, ref))
+    assert len(references) >= 40
+    files = {}
+    for shift in (1, -1, 2, -2, 3, -3):
+        for span, ref in references:
+            first = int(ref["first"]) + shift
+            lines = f"{first}-{int(ref['last']) + shift}" if ref["last"] else f"{first}"
+            moved = f"{ref['path']}:{lines} {ref['anchor']}"
+            problems, _ = ledger_problems(text.replace(f"`{span}`", f"`{moved}`"), repo_root, files)
+            assert any(f"`{moved}`" in p for p in problems), f"{span} moved by {shift} lines passes: {moved}"

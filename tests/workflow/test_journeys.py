@@ -204,6 +204,26 @@ def test_a_partition_limit_turns_long_training_into_a_chain_of_resuming_jobs(rep
     assert "> max_runtime" not in text and "train jobs: retries" not in text
 
 
+def test_under_a_partition_limit_no_job_asks_for_a_longer_time(repo_root):
+    """A limit below inference's and the snapshots' time limits (6 h and 4 h): every job's time limit is the partition's at most (a
+    longer request is refused by sbatch and stops the controller), and those below it keep their own."""
+    _, _, text = dry_run(repo_root, "config/config.yaml", extra=("--config", "max_runtime=120"))
+    runtimes = {}
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", text, flags=re.M):
+        runtime = re.search(r"\bruntime=(\d+)", resources)
+        assert runtime or rule == "all", (rule, resources)  # the target rule runs nothing
+        if runtime:
+            runtimes.setdefault(rule, set()).add(int(runtime.group(1)))
+    assert {"infer", "snapshot_model", "train", "tables"} <= set(runtimes), sorted(runtimes)
+    assert max(max(values) for values in runtimes.values()) == 120, runtimes
+    assert runtimes["infer"] == {120} and runtimes["snapshot_model"] == {120} and runtimes["train"] == {120}
+    assert runtimes["tables"] == {10}
+    _, _, text = dry_run(repo_root, "config/config.yaml")
+    infer = re.findall(r"^rule infer:\n(?:    .*\n)*?    resources: (.*)$", text, flags=re.M)
+    asked = yaml.safe_load((repo_root / "config/config.yaml").read_text())["evaluate"]["resources"]["runtime"]
+    assert asked > 120 and infer and all(f", runtime={asked}," in resources for resources in infer), infer[:1]
+
+
 def test_a_limit_within_the_stop_warning_is_refused(repo_root, tmp_path):
     from spatialreasoner.config import load_config
     from spatialreasoner.errors import ConfigError

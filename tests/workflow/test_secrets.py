@@ -6,6 +6,7 @@ import base64
 import hashlib
 import http.server
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -148,3 +149,37 @@ def test_credentials_from_the_environment_and_netrc(private_server, tmp_path, mo
     out = fetch(expand_env(url), tmp_path / "d" / "data.bin", retries=0)
     assert out.read_bytes() == PAYLOAD
     assert TOKEN not in (tmp_path / "d" / "data.bin.lock.json").read_text()
+
+
+def test_a_refused_configuration_names_the_key_but_not_the_url_credentials(repo_root, tmp_path):
+    """Snakemake prints the errors a Snakefile raises as they are: the workflow's come redacted, as the CLI's."""
+    config = yaml.safe_load((repo_root / "config" / "demo.yaml").read_text())
+    url = f"https://{USER}:{PASSWORD}@data.example/openimages.tar"
+    config["sources"]["openimages.tar"] = {"url": url, "sha256": "not-a-sha256"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config, sort_keys=False))
+    runs = {
+        "snakemake": [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(bad)],
+        "validate-config": [sys.executable, "-m", "spatialreasoner.cli", "validate-config", str(bad)],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert PASSWORD not in proc.stdout and PASSWORD not in proc.stderr, name
+        assert proc.returncode != 0 and "Job stats" not in out, (name, out[-3000:])
+        assert "config key sources.openimages.tar:" in out, (name, out[-3000:])
+        assert "https://***@data.example/openimages.tar" in out, (name, out[-3000:])
+
+
+def test_every_error_the_workflow_raises_is_redacted(repo_root):
+    """Config values (source URLs...) end up in the workflow's errors: each is made by workflow_error, which
+    redacts them."""
+    files = [repo_root / "workflow" / "Snakefile", *sorted((repo_root / "workflow" / "rules").glob("*.smk"))]
+    raises = [
+        f"{path.name}:{n}: {line.strip()}"
+        for path in files
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.match(r"\s*raise\b", line)
+    ]
+    assert len(raises) >= 4, raises  # the configuration, conda environments, model names, local rules
+    assert [r for r in raises if not re.search(r": raise workflow_error\(", r)] == []

@@ -42,6 +42,21 @@ def test_redact_hides_secret_values(monkeypatch):
     assert redact("Authorization: Bearer hf_secretvalue123") == "Authorization: Bearer ***"
 
 
+def test_redact_hides_credentials_carried_in_a_urls_query():
+    signed = "GET https://b.s3.example/k.tar?X-Amz-Credential=AKIA9/x&X-Amz-Signature=beef01&X-Amz-Expires=60 failed"
+    assert (
+        redact(signed)
+        == "GET https://b.s3.example/k.tar?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60 failed"
+    )
+    assert (
+        redact("from https://u:pw@h/a?api_key=K1&rev=main&sig=S2#top")
+        == "from https://***@h/a?api_key=***&rev=main&sig=***#top"
+    )
+    # parameters that name no credential, and text that is not a URL, stay as they are
+    plain = "https://huggingface.co/api/models?search=qwen&limit=5 and token=abc"
+    assert redact(plain) == plain
+
+
 def test_question_prompt_lists_only_present_options():
     row = {"A": "yes", "B": "no", "C": float("nan"), "D": "  "}
     options = present_options(row)
@@ -63,3 +78,32 @@ def test_cli_reports_a_config_error_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "config key seed: 'one' is not of type 'integer'" in proc.stderr
+
+
+def test_redacting_filter_hides_secrets_from_the_handlers_of_a_logger(monkeypatch):
+    import io
+    import logging
+
+    from spatialreasoner.utils import RedactingFilter
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secretvalue123")
+    url = "https://bob:hunter2pass@host/x.tar"
+    stream = io.StringIO()
+    logger = logging.getLogger("test-redacting-filter")
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s [%(shellcmd)s]"))
+    logger.addHandler(handler)
+    logger.addFilter(RedactingFilter())
+    try:
+        logger.error("source %s: %s", url, "token hf_secretvalue123", extra={"shellcmd": "get hf_secretvalue123"})
+        try:
+            raise ValueError(f"bad url {url}")
+        except ValueError:
+            logger.exception("failed", extra={"shellcmd": url})
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[:2] == ["source https://***@host/x.tar: token *** [get ***]", "failed [https://***@host/x.tar]"]
+    assert lines[-1] == "ValueError: bad url https://***@host/x.tar"
+    assert "hunter2pass" not in stream.getvalue() and "hf_secretvalue123" not in stream.getvalue()

@@ -25,7 +25,7 @@ rule checkpoint_model:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=capped_runtime(30),
     shell:
         "spatialreasoner --log {log} checkpoint-model"
         " --checkpoint results/checkpoints/{wildcards.run}/checkpoint-{wildcards.step}"
@@ -51,7 +51,7 @@ rule checkpoint_table:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=capped_runtime(10),
     params:
         points=" ".join(
             f"--point {shlex.quote(f'{run}:{step}:{bench}={d}')}" for run, step, bench, d in checkpoint_points()
@@ -83,6 +83,6 @@ rule plot_checkpoints:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=capped_runtime(10),
     shell:
         "spatialreasoner --log {log} plots checkpoints --table {input.table} --run {wildcards.run} --out {output}"

@@ -13,23 +13,40 @@ from spatialreasoner.config import (
     attempt_chain,
     attempt_chain_lines,
     check_config_files,
+    check_local_rules,
     checkpoint_steps,
     global_batch_lines,
     load_schema,
     run_order,
     validate_config,
+    workflow_rule_names,
 )
 from spatialreasoner.conda_envs import ROOT_VARIABLE, check_conda_envs
 from spatialreasoner.errors import ConfigError
+from spatialreasoner.utils import RedactingFilter, redact
 
-SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# Snakemake prints what the workflow logs and the errors it raises as they are: secrets (a source URL's
+# user:password@, the value of a token variable) are replaced on the way, whichever code raised the error.
+if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+    logger.addFilter(RedactingFilter())
+
+
+def workflow_error(message):
+    """The WorkflowError to raise with ``message``, its secrets redacted: every error of the workflow's files is
+    made by this function (config values such as source URLs end up in them)."""
+    return WorkflowError(redact(str(message)))
+
+
+# The repository: the folder above workflow/, where workflow/Snakefile lives (the layout the Snakemake catalog reads).
+REPO = Path(workflow.basedir).resolve().parent
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 try:
     # Snakemake keeps the last of repeated keys in a config file: read the files it loaded again, strictly.
     check_config_files(workflow.configfiles)
-    validate_config(config, load_schema(SCHEMA))
+    validate_config(config, load_schema(SCHEMA), workflow_rule_names(REPO))
 except ConfigError as exc:
-    raise WorkflowError(f"Invalid configuration (see config/README.md):\n{exc}") from None
+    raise workflow_error(f"Invalid configuration (see config/README.md):\n{exc}") from None
 
 # Each run's effective global batch, in the dry run's and every run's log.
 for _line in global_batch_lines(config):
@@ -38,6 +55,17 @@ for _line in global_batch_lines(config):
 # job asks for at most max_runtime, and the train rule gets enough retries for the longest chain.
 for _line in attempt_chain_lines(config):
     logger.info(_line)
+if config.get("max_runtime") is not None:
+    logger.info(f"max_runtime {config['max_runtime']} min: no job asks SLURM for a longer time limit")
+
+
+def capped_runtime(minutes):
+    """A job's time limit (minutes), at most the partition's (``max_runtime``): inference and downloads resume where
+    a job stopped at its limit left off, training through its chain of attempts."""
+    limit = config.get("max_runtime")
+    return int(minutes) if limit is None else min(int(minutes), int(limit))
+
+
 TRAIN_ATTEMPTS = max([attempt_chain(r, config.get("max_runtime"))[1] for r in config["runs"].values()], default=1)
 TRAIN_RETRIES = TRAIN_ATTEMPTS - 1 if TRAIN_ATTEMPTS > 1 else None
 if TRAIN_RETRIES:
@@ -45,12 +73,12 @@ if TRAIN_RETRIES:
 
 # Conda environments (--sdm conda): Snakemake copies env files and post-deploy scripts to .snakemake/conda/ and runs
 # them from the working directory, so they find the repository's locks and this package through SPATIALREASONER_ROOT.
-os.environ[ROOT_VARIABLE] = str(Path(workflow.basedir).resolve())
+os.environ[ROOT_VARIABLE] = str(REPO)
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
     try:
-        check_conda_envs(Path(workflow.basedir))
+        check_conda_envs(REPO)
     except ConfigError as exc:
-        raise WorkflowError(f"Conda environments: {exc}") from None
+        raise workflow_error(f"Conda environments: {exc}") from None
 
 RUNS = run_order(config)
 RELEASED = list(config["released"])
@@ -62,15 +90,11 @@ EVAL_MODELS = list(config["evaluate"]["models"])
 
 
 def local_rule_names(workflow):
-    """The rules of ``local_rules``, each checked to be a rule of the workflow."""
-    rules = {rule.name for rule in workflow.rules}
-    for i, name in enumerate(config.get("local_rules", [])):
-        if name not in rules:
-            raise WorkflowError(
-                f"Invalid configuration (see config/README.md):\nconfig key local_rules[{i}]: {name!r} is not a rule "
-                f"of the workflow; expected some of {sorted(rules)}"
-            )
-    return config.get("local_rules", [])
+    """The rules of ``local_rules``, each checked (as by validate_config) to be one of the rules Snakemake read."""
+    try:
+        return check_local_rules(config, {rule.name for rule in workflow.rules})
+    except ConfigError as exc:
+        raise workflow_error(f"Invalid configuration (see config/README.md):\n{exc}") from None
 
 
 # Checked with the rest of the configuration (validate_config), so a step without a checkpoint stopped the workflow
@@ -99,7 +123,7 @@ def model_dir(name):
     if name in CHECKPOINT_MODELS:
         run, step = CHECKPOINT_MODELS[name]
         return f"results/checkpoint_models/{run}/step-{step}"
-    raise WorkflowError(f"{name!r} is neither a run nor a released model")
+    raise workflow_error(f"{name!r} is neither a run nor a released model")
 
 
 def final_tables():

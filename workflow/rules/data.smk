@@ -21,7 +21,7 @@ rule synthesize:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=30,
+        runtime=capped_runtime(30),
     params:
         out=lambda w, output: os.path.dirname(output[0]),
         cfg=lambda w: json.dumps(config.get("synthetic") or {}),
@@ -45,7 +45,7 @@ rule fetch:
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=240,
+        runtime=capped_runtime(240),
     params:
         # The URL may hold credentials: the command reads it from the config files, so it is never on a command
         # line (nor in Snakemake's log and metadata); the redacted form makes a changed URL rerun the download.
@@ -70,7 +70,7 @@ rule snapshot_dataset:
     threads: 4
     resources:
         mem_mb=2000,
-        runtime=120,
+        runtime=capped_runtime(120),
     params:
         repo=lambda w: config["sources"][w.source]["repo"],
         revision=lambda w: config["sources"][w.source].get("revision", "main"),
@@ -97,7 +97,7 @@ rule extract_images:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=120,
+        runtime=capped_runtime(120),
     shell:
         "spatialreasoner --log {log} extract --tar {input.tar} --out {output}"
 
@@ -121,7 +121,7 @@ rule canonicalize:
     threads: 4
     resources:
         mem_mb=8000,
-        runtime=120,
+        runtime=capped_runtime(120),
     params:
         kind=lambda w: config["datasets"][w.dataset]["kind"],
         split=lambda w: config["datasets"][w.dataset].get("split", "train"),
@@ -147,7 +147,7 @@ rule prepare_benchmark:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=capped_runtime(30),
     shell:
         "spatialreasoner --log {log} prepare-benchmark --benchmark {wildcards.bench} --tsv {input.tsv}"
         " --out {output}"

@@ -8,7 +8,7 @@ EVAL_RES = EVAL.get("resources", {})
 EVAL_GPUS = int(EVAL_RES.get("gpus", 1))
 RANDOM = "random"
 if RANDOM in EVAL_MODELS:
-    raise WorkflowError(f"evaluate.models must not contain {RANDOM!r}: the name is reserved for the random baseline")
+    raise workflow_error(f"evaluate.models must not contain {RANDOM!r}: the name is reserved for the random baseline")
 # Rows of the tables, in order: every evaluated model, then the random baseline.
 TABLE_MODELS = EVAL_MODELS + ([RANDOM] if EVAL.get("random_baseline", True) else [])
 RANDOM_SEED = EVAL.get("random_seed") if EVAL.get("random_seed") is not None else config.get("seed", 42)
@@ -112,7 +112,7 @@ rule infer:
         gpu_model=EVAL_RES.get("gpu_model") or "",
         cpus_per_gpu=int(EVAL_RES.get("cpus_per_gpu", 8)) if EVAL_GPUS else 0,
         mem_mb=int(EVAL_RES.get("mem_mb", 64000)),
-        runtime=int(EVAL_RES.get("runtime", 1440)),
+        runtime=capped_runtime(EVAL_RES.get("runtime", 1440)),
     params:
         system_prompt=lambda w: SYSTEM_PROMPTS[w.model],
         vision=lambda w, input: (
@@ -149,7 +149,7 @@ rule judge:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=int(JUDGE.get("runtime", 240)),
+        runtime=capped_runtime(JUDGE.get("runtime", 240)),
     params:
         # Replies are cached outside the declared output, so a rerun asks the judge only for what is missing.
         cache=lambda w: f"results/judge/.cache/{w.model}/{w.bench}.jsonl",
@@ -190,7 +190,7 @@ rule score_protocol:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=15,
+        runtime=capped_runtime(15),
     params:
         judged=lambda w, input: f"--judged {input.judged[0]}" if input.judged else "",
         out=subpath(output.hits, parent=True),
@@ -221,7 +221,7 @@ rule score:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=15,
+        runtime=capped_runtime(15),
     params:
         protocol=MAIN_PROTOCOL,
         judged=lambda w, input: f"--judged {input.judged[0]}" if input.judged else "",
@@ -249,7 +249,7 @@ rule random_baseline:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=15,
+        runtime=capped_runtime(15),
     params:
         seed=RANDOM_SEED,
         out=subpath(output.hits, parent=True),
@@ -314,7 +314,7 @@ rule tables:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=capped_runtime(10),
     params:
         scores=" ".join(f"--score {shlex.quote(f'{b}:{TABLE_LABELS[m]}={d}')}" for (m, b), d in SCORE_DIRS.items()),
         benchmarks=" ".join(f"--benchmark {b}=results/benchmarks/{b}.tsv" for b in BENCHMARKS),

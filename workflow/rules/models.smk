@@ -18,7 +18,7 @@ rule build_tiny_model:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=capped_runtime(10),
     params:
         seed=lambda w: config["released"][w.model]["tiny"].get("seed", 0),
         pixels=lambda w: " ".join(
@@ -44,7 +44,7 @@ rule snapshot_model:
     threads: 4
     resources:
         mem_mb=8000,
-        runtime=240,
+        runtime=capped_runtime(240),
     params:
         repo=lambda w: config["released"][w.model]["repo"],
         revision=lambda w: config["released"][w.model].get("revision", "main"),
@@ -71,7 +71,7 @@ rule link_model:
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=30,
+        runtime=capped_runtime(30),
     params:
         source=lambda w: config["released"][w.model]["path"],
     shell:

@@ -24,7 +24,7 @@ rule plot_tables:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=capped_runtime(10),
     params:
         paper=json.dumps(config.get("paper", {})),
         names=json.dumps(PAPER_NAMES),
@@ -52,7 +52,7 @@ rule plot_training:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=capped_runtime(10),
     params:
         stage=lambda w: config["runs"][w.run]["stage"],
     shell:
@@ -93,7 +93,7 @@ rule report_html:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=capped_runtime(10),
     params:
         tables=" ".join(f"--table {t}" for t in REPORT_TABLES),
         figures=" ".join(f"--figure {f}" for f in REPORT_FIGURES),

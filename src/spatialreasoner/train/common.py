@@ -190,8 +190,9 @@ _NOT_MODEL_FILES = {"optimizer.pt", "scheduler.pt", "training_args.bin", "latest
                     "zero_to_torch.py"}  # fmt: skip
 
 
-def check_finite_weights(folder: Path) -> None:
-    """Every floating-point tensor of the folder's safetensors files is finite (one tensor in memory at a time)."""
+def non_finite_weight(folder: Path) -> str | None:
+    """The first floating-point tensor of the folder's safetensors files that holds a NaN or an infinity, as
+    ``"<name> in <file>"``, or None when every one is finite (one tensor in memory at a time)."""
     import torch
     from safetensors import safe_open
 
@@ -200,10 +201,18 @@ def check_finite_weights(folder: Path) -> None:
             for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
                 tensor = f.get_tensor(name)
                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    raise DataError(
-                        f"checkpoint {folder}: weight {name} in {file.name} is not finite (NaN or inf): training "
-                        "diverged, so no final model is written from it"
-                    )
+                    return f"{name} in {file.name}"
+    return None
+
+
+def check_finite_weights(folder: Path) -> None:
+    """Every floating-point tensor of the folder's safetensors files is finite."""
+    bad = non_finite_weight(folder)
+    if bad is not None:
+        raise DataError(
+            f"checkpoint {folder}: weight {bad} is not finite (NaN or inf): training diverged, so no final model is "
+            "written from it"
+        )
 
 
 def export_final_model(checkpoint: Path, out: Path, run_json: Mapping) -> Path:

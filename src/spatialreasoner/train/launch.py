@@ -146,8 +146,11 @@ def train_command(
             f"python -m spatialreasoner.train.vllm_server --port {VLLM_SERVER_PORT} --pid $server "
             f"--log {shlex.quote(log + '.vllm')} || {{ kill $server 2>/dev/null; exit 1; }}"
         )
+        # A second job on the same checkpoint folder stops before it starts a server on its GPUs.
+        free = f"python -m spatialreasoner.train.lock {shlex.quote(checkpoint_dir)} --log {shlex.quote(log)} || exit 2"
         command = (
-            f'{server} server=$!; {ready}; trap "kill $server" EXIT; CUDA_VISIBLE_DEVICES={train_devices} {command}'
+            f"{free}; {server} server=$!; {ready}; "
+            f'trap "kill $server" EXIT; CUDA_VISIBLE_DEVICES={train_devices} {command}'
         )
     return command
 

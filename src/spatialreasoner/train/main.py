@@ -138,8 +138,8 @@ def _comparable_config(cfg: Mapping, init: Path, data: Path) -> dict:
 
 def _resume_decision(state, workdir: Path, comparable: Mapping, layout: Mapping):
     """(checkpoint to resume or None, changed config keys, layout conflict or None, whether to set the working folder
-    aside, ZeRO layout conflict or None), decided by rank 0 alone and broadcast: every rank then acts on the same answer, even if rank 0 has
-    already moved the folder by the time a slower rank would have looked at it."""
+    aside, ZeRO layout conflict or None), decided by rank 0 alone and broadcast: every rank then acts on the same
+    answer, even if rank 0 has already moved the folder by the time a slower rank would have looked at it."""
     decision = [None]
     if state.is_main_process:
         resume = last_checkpoint(workdir)
@@ -265,7 +265,8 @@ def train(
     )  # fmt: skip
 
     # Resuming checkpoints made with another config (learning rate, schedule, data...) would silently mix two
-    # runs, so they are set aside. Every rank reads the old record before the main process replaces it.
+    # runs, so they are set aside. Rank 0 alone reads the old record and the checkpoints, and every rank gets its
+    # answer (_resume_decision) before rank 0 replaces the record below.
     comparable = _comparable_config(cfg, init, data)
     layout = batch_layout(cfg["per_device_train_batch_size"], num_processes, cfg["gradient_accumulation_steps"], total)
     layout["zero_stage"] = zero["zero_stage"] if zero else None
