@@ -198,6 +198,20 @@ def test_a_value_wrapping_onto_two_lines_is_seen(report_page, tmp_path):
     assert seen["viewport"][0] == 700 and seen["firstScreen"]["maxLines"] >= 1.9, seen["firstScreen"]
 
 
+def test_a_window_narrower_than_table_1_scrolls_the_table_not_the_page(report_page, tmp_path):
+    # Many or long model names make a headline table wider than the window: it scrolls in its own box, its values
+    # stay on one line, and the page keeps the window's width.
+    narrow = 560
+    seen = browse(report_page, tmp_path, width=narrow)
+    assert seen["firstScreen"]["box"]["right"] > narrow, "the table fits: the check would prove nothing"
+    assert seen["pageWidth"] <= narrow and seen["beyondWindow"] == 0, seen
+    assert seen["firstScreen"]["maxLines"] < 1.5, seen["firstScreen"]
+    # without its box the same table widens the page
+    page = tmp_path / "report.html"
+    page.write_text(report_page.read_text().replace('<div class="scroll"><table', "<div><table"))
+    assert browse(page, tmp_path, width=narrow)["pageWidth"] > narrow
+
+
 def test_a_broken_image_is_seen_as_broken(report_page, tmp_path):
     # The check itself can fail: one thumbnail's bytes damaged, the browser decodes one image fewer.
     html = report_page.read_text()
