@@ -6,15 +6,22 @@ against plain DDP from the same seed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import pickle
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from spatialreasoner.train.launch import train_command
+from spatialreasoner.train.main import last_checkpoint
 
 from .conftest import FAST_SFT, read_state
 from .test_multiproc import job_env, killed_after_checkpoint_3, losses, max_weight_difference, run_job
@@ -81,19 +88,125 @@ def test_zero3_sft_with_gradient_checkpointing_trains_on_two_cpu_processes(zero3
     assert text.count("final model written to") == 1
 
 
+#: Seconds the killed job runs between two looks at its checkpoint folder (it is stopped while the test looks); the
+#: 3 steps and the checkpoint that follow checkpoint-3 take 1.5 s or more.
+SLICE = 0.2
+
+
+def job_groups(launcher: subprocess.Popen) -> tuple[list, set[int]]:
+    """The processes of a job (psutil's) and their process groups: the launcher's (the test started it in a session
+    of its own) and each rank's (torch's launcher starts every rank in a new session, outside its own group); a
+    process a rank starts later is in the rank's group."""
+    import psutil
+
+    processes = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]
+    groups = set()
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(process.pid))
+    return processes, groups
+
+
+def signal_job(groups: set[int], sig: signal.Signals) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, sig)
+
+
+def checkpoint_complete(work: Path, step: int, ranks: int = 2) -> bool:
+    """checkpoint-<step> written to the end: the job's own resume takes it (``last_checkpoint``: its trainer state,
+    which rank 0 writes last, is there), DeepSpeed's ``latest`` and every rank's shards are there (its save ends on a
+    barrier of all ranks), and every rank's random state, which each rank writes after that barrier, loads."""
+    import torch
+
+    checkpoint = work / f"checkpoint-{step}"
+    try:
+        if last_checkpoint(work) != checkpoint or read_state(checkpoint)["global_step"] != step:
+            return False
+        if (checkpoint / "latest").read_text().strip() != f"global_step{step}":
+            return False
+        shards = sorted(p.name for p in (checkpoint / f"global_step{step}").iterdir())
+        if shards != [f"zero_pp_rank_{r}_mp_rank_00_{k}_states.pt" for r in range(ranks) for k in ("model", "optim")]:
+            return False
+        for rank in range(ranks):
+            torch.load(checkpoint / f"rng_state_{rank}.pth", weights_only=False)
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError):  # not there or unfinished
+        return False
+    return True
+
+
+def sigkill_after_checkpoint(cmd: str, repo_root: Path, log: Path, work: Path, step: int) -> dict:
+    """Start the job ``cmd`` and SIGKILL all its processes (launcher and both ranks) once checkpoint-<step> is complete.
+
+    Once both ranks run, the job runs in slices of SLICE seconds and is stopped (SIGSTOP) while the test looks at its
+    folder, so it dies one slice (one sleep of this process) after the checkpoint's completion at most, however fast
+    or slowly it trains: after the save, in the next step, seconds before another checkpoint could be written."""
+    import psutil
+
+    proc = subprocess.Popen(["bash", "-c", cmd], cwd=repo_root, env=job_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    started, processes, groups, longest = time.time(), [], set(), 0.0
+    try:
+        # Both ranks exist (in their own sessions) once rank 0 has logged the process count.
+        while "2 process(es)" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None and time.time() < started + 900, log.read_text()[-3000:] if log.exists() else ""
+            time.sleep(0.2)
+        processes, groups = job_groups(proc)
+        while True:
+            resumed = time.time()
+            time.sleep(SLICE)
+            signal_job(groups, signal.SIGSTOP)
+            longest = max(longest, time.time() - resumed)
+            if checkpoint_complete(work, step):
+                break
+            assert proc.poll() is None and time.time() < started + 900, log.read_text()[-3000:]
+            signal_job(groups, signal.SIGCONT)
+    finally:
+        # The stopped job at its checkpoint's completion, or what is left of a job that failed the test.
+        if not groups:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                processes, groups = job_groups(proc)
+        signal_job(groups, signal.SIGKILL)
+        proc.wait(timeout=60)
+    # Every process of the job ended (the ranks are not children of this one: gone, or a zombie left to be reaped).
+    deadline = time.time() + 60
+    while alive := [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
+        assert time.time() < deadline, f"{alive} outlived SIGKILL"
+        time.sleep(0.2)
+    return {"returncode": proc.returncode, "processes": len(processes), "groups": len(groups),
+            "seconds": time.time() - started, "longest_slice": longest}  # fmt: skip
+
+
 def test_zero3_run_killed_after_a_checkpoint_resumes_from_its_shards(
     zero3_sft, tiny_model_dir, train_tables, tmp_path, repo_root
 ):
-    killed_after_checkpoint_3(zero3_sft, tmp_path)
-    for name in ("global_step3", "latest"):
-        assert (tmp_path / "work" / "checkpoint-3" / name).exists()
+    log, work = tmp_path / "train.log", tmp_path / "work"
+    cmd = train_command(
+        "z", ZERO3, init=str(tiny_model_dir), data=str(train_tables["sft"]), checkpoint_dir=str(work),
+        out=str(tmp_path / "model"), log=str(log), seed=0,
+    )  # fmt: skip
+    killed = sigkill_after_checkpoint(cmd, repo_root, log, work, step=3)
+    text = log.read_text()
+    landed = "after step 4's log line" if re.search(r"step 4/\d+: loss=", text) else "before step 4 ended"
+    print(f"\nSIGKILL {killed['seconds']:.1f} s after the start, {landed}, to {killed['processes']} processes in "
+          f"{killed['groups']} groups; the job ran {killed['longest_slice']:.2f} s at most between two looks")  # fmt: skip
+    # Killed, not stopped: the launcher and both ranks (3 groups), no signal checkpoint, nothing after checkpoint-3.
+    assert killed["returncode"] == -signal.SIGKILL and killed["groups"] == 3, killed
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-3"]
+    assert not (tmp_path / "model").exists() and "final model written to" not in text
+    assert "received SIGTERM" not in text and "training stopped" not in text
+    assert not re.search(r"step [5-9]/\d+: loss=", text), text[-3000:]
+    killed_at = len(text)
+
     log = launch_job("z", ZERO3, tiny_model_dir, train_tables["sft"], tmp_path, repo_root)
-    assert "checkpoint-3 (step 3)" in log.read_text()
+    resumed_text = log.read_text()[killed_at:]
+    assert "resuming from" in resumed_text and "checkpoint-3 (step 3)" in resumed_text, resumed_text[-3000:]
     ref, resumed = losses(read_state(zero3_sft / "model")), losses(read_state(tmp_path / "model"))
-    print("\nZeRO-3 losses, uninterrupted / resumed:", {s: (ref[s], resumed[s]) for s in (4, 5, 6)})
+    print("ZeRO-3 losses, uninterrupted / killed and resumed:", {s: (ref[s], resumed[s]) for s in range(1, 7)})
+    assert sorted(resumed) == list(range(1, STOP + 1))  # steps 1-3 from the killed run's checkpoint-3
     # Same seed, same rows per rank, same fp32 arithmetic in the same order: only the restored state could differ.
     # Step 4 needs the weights back, steps 5-6 also Adam's moments (a fresh optimizer changes them by ~1e-2).
-    for step in (4, 5, 6):
+    for step in range(1, STOP + 1):
         assert resumed[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), (step, ref, resumed)
     weights = max_weight_difference(tmp_path / "model", zero3_sft / "model")
     moved = max_weight_difference(zero3_sft / "model", zero3_sft / "work" / "checkpoint-3")

@@ -177,9 +177,10 @@ def build_trainer(
     if logprob_temperature is not None:
         set_logprob_temperature(trainer, float(logprob_temperature))
     if vllm["mode"] == "colocate":
-        from spatialreasoner.train.vllm_colocate import use_reload_for_colocated_sync
+        from spatialreasoner.train.vllm_colocate import feed_unexpanded_image_prompts, use_reload_for_colocated_sync
 
         use_reload_for_colocated_sync(trainer)
+        feed_unexpanded_image_prompts(trainer)
     elif vllm["mode"] == "server":
         from spatialreasoner.train.vllm_server import clear_encoder_cache_after_sync
 

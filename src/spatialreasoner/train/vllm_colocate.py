@@ -11,6 +11,13 @@ On the CPU, vLLM repacks every linear layer's weight for its GEMM kernels after 
 each layer's loadable parameters, loads the new weights and repeats the repacking, on every platform. After it,
 the encoder (vision embedding) and multimodal caches are cleared too: they are keyed by the image alone, so a
 prompt whose image was seen before the update would otherwise reuse embeddings of the old vision tower.
+
+TRL hands the engine the trainer's prompt token ids, in which the processor has already expanded each image into
+its run of image tokens, together with the image itself; vLLM expands the image placeholder of a token prompt
+again, so the first image token became a second run and the rest stayed as text: the engine sampled from another
+prompt than the one trained on, and its log-probabilities (vLLM's importance-sampling correction) disagreed with
+the trainer's. The engine therefore gets each run collapsed to the single placeholder the chat template writes, and
+the prompt it expanded is checked to be the trainer's, token for token.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from spatialreasoner.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +127,42 @@ def use_reload_for_colocated_sync(trainer) -> None:
 
     generation.sync_weights = sync_weights
     log.info("colocated vLLM: weights are synced through vLLM's reload_weights")
+
+
+def collapse_image_runs(ids, image_token_id: int) -> list[int]:
+    """``ids`` with each run of image tokens shortened to one, the placeholder that vLLM expands itself."""
+    out: list[int] = []
+    for token in ids:
+        token = int(token)
+        if not (token == image_token_id and out and out[-1] == image_token_id):
+            out.append(token)
+    return out
+
+
+def feed_unexpanded_image_prompts(trainer) -> None:
+    """Make ``trainer``'s colocated engine (TRL's VLLMGeneration) generate from the trainer's prompts: each prompt
+    goes in with its image runs collapsed, and the prompt vLLM made of it by expanding the image must be the
+    trainer's, else a DataError (the engine's image processor resized the image differently)."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if generation is None or generation.mode != "colocate":
+        return
+    image_token_id = int(trainer.processing_class.image_token_id)
+    generate = generation.generate
+
+    def generate_from_placeholders(prompts, images, num_generations, profiler=None):
+        if images is None:
+            return generate(prompts=prompts, images=images, num_generations=num_generations, profiler=profiler)
+        sent = [collapse_image_runs(ids, image_token_id) for ids in prompts]
+        prompt_ids, *rest = generate(prompts=sent, images=images, num_generations=num_generations, profiler=profiler)
+        for i, (made, meant) in enumerate(zip(prompt_ids, prompts, strict=True)):
+            if list(made) != [int(t) for t in meant]:
+                counts = [sum(int(t) == image_token_id for t in ids) for ids in (made, meant)]
+                raise DataError(
+                    f"colocated vLLM: prompt {i} of this batch became {len(made)} tokens with {counts[0]} image "
+                    f"tokens in the engine, but the trainer's processor made {len(meant)} tokens with {counts[1]}; "
+                    "the engine's image processor must resize images as the trainer's does (the run's pixel limits)"
+                )
+        return (prompt_ids, *rest)
+
+    generation.generate = generate_from_placeholders
+    log.info("colocated vLLM: image prompts are sent with one placeholder per image and checked after expansion")
