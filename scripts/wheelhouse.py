@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import re
 import sys
+import time
 import tomllib
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +33,12 @@ INDEX = os.environ.get("SETUP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
 #: The platform every lock is resolved for (scripts/lock.sh: x86_64-manylinux_2_28).
 GLIBC_MAX = 28
 PLATFORM = "Linux x86-64 (manylinux_2_28)"
+#: Each request to the index or its file host is tried this often, waiting RETRY_WAIT s, then twice as long, ...:
+#: over hundreds of requests and gigabytes a reset connection or a 503 is to be expected, and is no reason to stop.
+ATTEMPTS = 5
+RETRY_WAIT = 1.0
+#: HTTP statuses worth asking again for; any other (404, 403, ...) is final at once.
+TRANSIENT = {408, 425, 429, 500, 502, 503, 504}
 
 
 def norm(name: str) -> str:
@@ -120,10 +129,36 @@ def pick(files: list[tuple[str, str]], pin: Pin, py: str) -> list[tuple[str, str
     return newer[-1:] + sdists[:1]
 
 
-def index_files(name: str) -> list[dict]:
-    req = urllib.request.Request(f"{INDEX}/{norm(name)}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.load(resp)["files"]
+def shown(url: str) -> str:
+    """``url`` without ``user:password@`` (SETUP_INDEX_URL may carry them)."""
+    return re.sub(r"(?<=://)[^/@]*@", "***@", url)
+
+
+def with_retries(url: str, what: str, read):
+    """``read(url)`` with up to ATTEMPTS tries on transient network errors; a last failure stops the script with
+    one line naming the URL, the error and ``what`` it was for."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return read(url)
+        except urllib.error.HTTPError as exc:
+            error, final = f"HTTP {exc.code} {exc.reason}", exc.code not in TRANSIENT
+        except (urllib.error.URLError, http.client.HTTPException, OSError, json.JSONDecodeError) as exc:
+            error, final = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", False
+        if final or attempt == ATTEMPTS:
+            tries = f" after {attempt} attempts" if attempt > 1 else ""
+            raise SystemExit(f"{shown(url)}: {error}{tries} (needed for {what})")
+        wait = RETRY_WAIT * 2 ** (attempt - 1)
+        print(f"{shown(url)}: {error}; trying again in {wait:g} s ({attempt}/{ATTEMPTS})", file=sys.stderr)
+        time.sleep(wait)
+
+
+def index_files(name: str, what: str | None = None) -> list[dict]:
+    def read(url: str) -> list[dict]:
+        req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.load(resp)["files"]
+
+    return with_retries(f"{INDEX}/{norm(name)}/", what or name, read)
 
 
 def sha256(path: Path) -> str:
@@ -140,7 +175,7 @@ def download(dest: Path, pins: list[Pin], py: str, dry_run: bool = False) -> Non
         dest.mkdir(parents=True, exist_ok=True)
 
     def one(pin: Pin) -> tuple[int, list[str]]:
-        files = index_files(pin.name)
+        files = index_files(pin.name, pin.where())
         chosen = pick([(f["filename"], f["hashes"].get("sha256", "")) for f in files], pin, py)
         if not chosen:
             raise SystemExit(f"the index has no file for CPython {py} on {PLATFORM} with a hash of {pin.where()}")
@@ -154,12 +189,22 @@ def download(dest: Path, pins: list[Pin], py: str, dry_run: bool = False) -> Non
                 continue
             url = next(f["url"] for f in files if f["filename"] == filename)
             partial = target.with_name(target.name + ".partial")
-            with urllib.request.urlopen(url, timeout=600) as resp, partial.open("wb") as out:
-                while chunk := resp.read(1 << 20):
-                    out.write(chunk)
+
+            def fetch(url: str, partial: Path = partial) -> None:
+                with urllib.request.urlopen(url, timeout=600) as resp, partial.open("wb") as out:
+                    size = resp.headers.get("Content-Length")
+                    got = 0
+                    while chunk := resp.read(1 << 20):
+                        out.write(chunk)
+                        got += len(chunk)
+                # read(n) ends quietly at a closed connection; only the announced length shows the file is cut
+                if size is not None and got < int(size):
+                    raise http.client.IncompleteRead(b"", int(size) - got)
+
+            with_retries(url, pin.where(), fetch)
             if sha256(partial) != digest:
                 partial.unlink()
-                raise SystemExit(f"{url}: sha256 differs from {pin.where()}")
+                raise SystemExit(f"{shown(url)}: sha256 differs from {pin.where()}")
             partial.rename(target)
             fetched += target.stat().st_size
         return fetched, [name for name, _ in chosen]

@@ -9,14 +9,19 @@ folder kept between runs (files already there with the lock's sha256 are not fet
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -35,6 +40,18 @@ def load_wheelhouse():
 
 
 wheelhouse = load_wheelhouse()
+
+
+def run_script(*args: str, timeout: int) -> str:
+    """scripts/wheelhouse.py's standard output; when it fails, the assertion shows what it wrote to stderr."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "wheelhouse.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"wheelhouse.py {' '.join(args[:2])} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done.stdout
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -75,6 +92,87 @@ def test_abi3_and_pure_python_wheels_fit_and_a_newer_glibc_comes_with_the_sdist(
     assert wheelhouse.pick(files, pin("llg", "a", "b"), "3.11") == files
 
 
+# -- a network that fails now and then (a local index, no internet) ----------------------------------------------
+
+
+@pytest.fixture
+def flaky_index(monkeypatch):
+    """A package index on 127.0.0.1 with one package, demo-pkg 1.0. ``plan[path]`` lists what the next requests of
+    ``path`` get instead of the answer: an HTTP status, or "cut" (half the body, then the connection closes)."""
+    payload = b"a wheel's bytes " * 4096
+    digest = hashlib.sha256(payload).hexdigest()
+    plan: dict[str, list[str]] = {}
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            if self.path == "/simple/demo-pkg/":
+                url = f"http://127.0.0.1:{self.server.server_port}/files/{WHEEL}"
+                files = [{"filename": WHEEL, "hashes": {"sha256": digest}, "url": url, "size": len(payload)}]
+                body = json.dumps({"files": files}).encode()
+            elif self.path == f"/files/{WHEEL}":
+                body = payload
+            else:
+                return self.send_error(404)
+            todo = plan.get(self.path, [])
+            if todo and todo[0] != "cut":
+                return self.send_error(int(todo.pop(0)))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if todo:  # "cut"
+                todo.pop(0)
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(wheelhouse, "INDEX", f"http://127.0.0.1:{server.server_port}/simple")
+    monkeypatch.setattr(wheelhouse, "RETRY_WAIT", 0.01)
+    yield SimpleNamespace(plan=plan, seen=seen, payload=payload, pin=pin("demo-pkg", digest))
+    server.shutdown()
+    server.server_close()
+
+
+WHEEL = "demo_pkg-1.0-py3-none-any.whl"
+
+
+def test_transient_index_and_download_failures_are_tried_again(flaky_index, tmp_path, capsys):
+    flaky_index.plan["/simple/demo-pkg/"] = ["503", "cut"]
+    flaky_index.plan[f"/files/{WHEEL}"] = ["cut", "502", "429"]
+    wheelhouse.download(tmp_path, [flaky_index.pin], "3.11")
+    assert (tmp_path / WHEEL).read_bytes() == flaky_index.payload
+    assert sorted(p.name for p in tmp_path.iterdir()) == [WHEEL]  # no .partial left beside it
+    assert flaky_index.seen.count("/simple/demo-pkg/") == 3 and flaky_index.seen.count(f"/files/{WHEEL}") == 4
+    err = capsys.readouterr().err
+    assert "HTTP 503" in err and "HTTP 502" in err and "IncompleteRead" in err and "trying again" in err
+
+
+def test_a_failure_that_lasts_stops_naming_the_url_and_the_lock_line(flaky_index, tmp_path):
+    flaky_index.plan[f"/files/{WHEEL}"] = ["503"] * wheelhouse.ATTEMPTS
+    with pytest.raises(SystemExit) as stop:
+        wheelhouse.download(tmp_path, [flaky_index.pin], "3.11")
+    message = str(stop.value)
+    assert f"/files/{WHEEL}: HTTP 503" in message and f"after {wheelhouse.ATTEMPTS} attempts" in message
+    assert "locks/x.txt line 7: demo-pkg==1.0" in message
+    assert not (tmp_path / WHEEL).exists()
+    assert flaky_index.seen.count(f"/files/{WHEEL}") == wheelhouse.ATTEMPTS
+
+
+def test_a_package_the_index_does_not_have_is_not_asked_for_again(flaky_index, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        wheelhouse.download(tmp_path, [pin("no-such-pkg", "x")], "3.11")
+    assert "/simple/no-such-pkg/: HTTP 404" in str(stop.value) and "attempts" not in str(stop.value)
+    assert "locks/x.txt line 7: no-such-pkg==1.0" in str(stop.value)
+    assert flaky_index.seen == ["/simple/no-such-pkg/"]
+
+
 # -- flash-attn's build requirements --------------------------------------------------------------------------------
 
 
@@ -83,12 +181,7 @@ def flash_attn_setup_py(tmp_path_factory) -> str:
     """setup.py of the locked flash-attn sdist (downloaded, hash-checked, not built)."""
     dest = tmp_path_factory.mktemp("flash-attn")
     lock = ROOT / "locks" / f"py{PY}" / "flash-attn.txt"
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "wheelhouse.py"), "download", str(dest), "--python", PY, str(lock)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    run_script("download", str(dest), "--python", PY, str(lock), timeout=300)
     (sdist,) = dest.glob("flash_attn-*.tar.gz")
     with tarfile.open(sdist) as tar:
         member = next(m for m in tar.getmembers() if re.fullmatch(r"[^/]+/setup\.py", m.name))
@@ -131,24 +224,17 @@ def test_flash_attns_build_requirements_are_all_in_the_gpu_lock_and_its_wheelhou
         assert needed - set(train) == set(), f"locks/py{py}/train-cuda.txt lacks {sorted(needed - set(train))}"
     # ... and the GPU wheelhouse brings a wheel of each for the target Python, plus the flash-attn sdist
     locks = ROOT / "locks" / f"py{PY}"
-    plan = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "wheelhouse.py"),
-            "download",
-            str(tmp_path),
-            "--dry-run",
-            "--python",
-            PY,
-            str(locks / "train-cuda.txt"),
-            str(locks / "flash-attn.txt"),
-            f"{locks / 'cpu.txt'}:uv",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    plan = run_script(
+        "download",
+        str(tmp_path),
+        "--dry-run",
+        "--python",
+        PY,
+        str(locks / "train-cuda.txt"),
+        str(locks / "flash-attn.txt"),
+        f"{locks / 'cpu.txt'}:uv",
         timeout=600,
-    ).stdout
+    )
     names = [line.split()[-1] for line in plan.splitlines() if re.match(r"\s*\d+ \S+$", line)]
     assert any(re.fullmatch(r"flash_attn-[^-]+\.tar\.gz", n) for n in names), names
     for dist in needed | {"uv"}:
