@@ -152,13 +152,15 @@ def with_retries(url: str, what: str, read):
         time.sleep(wait)
 
 
-def index_files(name: str, what: str | None = None) -> list[dict]:
+def index_files(name: str, what: str) -> list[dict]:
+    """The index's file list of package ``name``; ``what`` names the lock line it is for, in a failure."""
+
     def read(url: str) -> list[dict]:
         req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
         with urllib.request.urlopen(req, timeout=60) as resp:
             return json.load(resp)["files"]
 
-    return with_retries(f"{INDEX}/{norm(name)}/", what or name, read)
+    return with_retries(f"{INDEX}/{norm(name)}/", what, read)
 
 
 def sha256(path: Path) -> str:

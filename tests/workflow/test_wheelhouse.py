@@ -95,6 +95,9 @@ def test_abi3_and_pure_python_wheels_fit_and_a_newer_glibc_comes_with_the_sdist(
 # -- a network that fails now and then (a local index, no internet) ----------------------------------------------
 
 
+WHEEL = "demo_pkg-1.0-py3-none-any.whl"
+
+
 @pytest.fixture
 def flaky_index(monkeypatch):
     """A package index on 127.0.0.1 with one package, demo-pkg 1.0. ``plan[path]`` lists what the next requests of
@@ -138,9 +141,6 @@ def flaky_index(monkeypatch):
     yield SimpleNamespace(plan=plan, seen=seen, payload=payload, pin=pin("demo-pkg", digest))
     server.shutdown()
     server.server_close()
-
-
-WHEEL = "demo_pkg-1.0-py3-none-any.whl"
 
 
 def test_transient_index_and_download_failures_are_tried_again(flaky_index, tmp_path, capsys):
